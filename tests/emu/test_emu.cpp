@@ -414,6 +414,9 @@ TEST_CASE("emulation: deadlocks and misused collectives are reported, not hung",
   CHECK(fulgur::emu::last_error_message().empty());
 }
 
+#if !FULGUR_EMU_THREADS
+// The fiber backend's resume order decides who reads first; the thread backend (sanitizer build)
+// leaves it to the OS, and ThreadSanitizer reports this race itself (planted_race).
 TEST_CASE("emulation: the resume order exposes a missing barrier", "[emu]") {
   const auto saved = fulgur::emu::resume_order();
   // Each run writes with a new salt, so a value left in shared memory by an earlier run is stale.
@@ -437,6 +440,7 @@ TEST_CASE("emulation: the resume order exposes a missing barrier", "[emu]") {
   CHECK_FALSE(rev.empty());
   CHECK(fwd != rev);
 }
+#endif
 
 TEST_CASE("emulation: cp.async copies land at the wait", "[emu]") {
   std::vector<float> in(32);

@@ -18,6 +18,7 @@
 #include <cuda_runtime_api.h>
 #include <vector_functions.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>

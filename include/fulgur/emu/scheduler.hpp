@@ -16,13 +16,13 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -495,15 +495,23 @@ struct BlockLock {
 
 using BlockLock = std::unique_lock<std::mutex>;
 
+/// True when no thread of the block can run again: every thread has exited or waits, and none
+/// has been released. Exact, since every state change happens under the block's mutex.
+inline bool block_stuck(const BlockContext& b) {
+  if (b.done == b.num_threads) return false;
+  for (const ThreadContext* u : b.threads)
+    if (u->state == ThreadState::kReady) return false;
+  return true;
+}
+
 inline void wait_released(ThreadContext& t, BlockLock& lock) {
   BlockContext& b = *t.block;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (t.state != ThreadState::kReady && !b.failed) {
-    if (t.cv.wait_until(lock, deadline) == std::cv_status::timeout && t.state != ThreadState::kReady) {
-      fail(b, "no progress for 20 s (deadlock)\n" + describe_waits(b));
-      for (ThreadContext* u : b.threads) u->cv.notify_all();
-    }
+  if (block_stuck(b)) {
+    fail(b, "deadlock: no thread can make progress\n" + describe_waits(b));
+    for (ThreadContext* u : b.threads) u->cv.notify_all();
+    return;
   }
+  while (t.state != ThreadState::kReady && !b.failed) t.cv.wait(lock);
 }
 
 inline void notify_released(BlockContext& b) {
@@ -628,9 +636,8 @@ inline void order_threads(std::vector<unsigned>& order, unsigned n, std::mt19937
   }
 }
 
-inline void setup_block(BlockContext& b, std::vector<ThreadContext>& ctx) {
+inline void setup_block(BlockContext& b, ThreadContext* ctx) {
   const unsigned n = b.num_threads;
-  ctx.resize(n);
   b.threads.resize(n);
   b.warps.resize(b.num_warps);
   for (unsigned i = 0; i < n; ++i) {
@@ -655,7 +662,8 @@ inline void setup_block(BlockContext& b, std::vector<ThreadContext>& ctx) {
 inline bool run_block(BlockContext& b) {
   FiberHost& h = fiber_host();
   const unsigned n = b.num_threads;
-  setup_block(b, h.contexts);
+  if (h.contexts.size() < n) h.contexts.resize(n);
+  setup_block(b, h.contexts.data());
   const size_t stack_bytes = options().stack_bytes;
   for (unsigned i = 0; i < n; ++i) {
     ThreadContext& t = h.contexts[i];
@@ -732,10 +740,9 @@ inline bool run_block(BlockContext& b) {
 #else  // FULGUR_EMU_THREADS
 
 inline bool run_block(BlockContext& b) {
-  static thread_local std::vector<ThreadContext> ctx;
-  // condition_variable is not movable: rebuild the vector for each block.
-  std::vector<ThreadContext>(b.num_threads).swap(ctx);
-  setup_block(b, ctx);
+  // condition_variable is not movable: a fresh array for each block.
+  std::unique_ptr<ThreadContext[]> ctx(new ThreadContext[b.num_threads]);
+  setup_block(b, ctx.get());
   std::mt19937_64 rng(options().shuffle_seed ^ b.block_idx.x);
   std::vector<unsigned> order;
   order_threads(order, b.num_threads, rng);
@@ -750,7 +757,12 @@ inline bool run_block(BlockContext& b) {
       }
       BlockLock lock(b.mu);
       thread_exit(*t);
-      notify_released(b);
+      if (!b.failed && block_stuck(b)) fail(b, "deadlock: no thread can make progress\n" + describe_waits(b));
+      if (b.failed) {
+        for (ThreadContext* u : b.threads) u->cv.notify_all();
+      } else {
+        notify_released(b);
+      }
     });
   }
   for (std::thread& w : workers) w.join();
