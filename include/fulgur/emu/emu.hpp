@@ -87,7 +87,7 @@ inline uint64_t to_bits(const T& v) {
 template <typename T>
 inline T from_bits(uint64_t u) {
   T v;
-  std::memcpy(&v, &u, sizeof(T));
+  std::memcpy(static_cast<void*>(&v), &u, sizeof(T));
   return v;
 }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cuda_runtime_api.h>
+#include <vector_functions.h>
 
 #include <algorithm>
 #include <atomic>
