@@ -535,7 +535,7 @@ inline int block_barrier(BarrierKind kind, int pred, const char* file, int line)
   BlockLock lock(b.mu);
   if (b.failed) throw BlockAborted{};
 #endif
-  if (b.barrier_file && (b.barrier_line != line || std::strcmp(b.barrier_file, file) != 0)) {
+  if (b.barrier_file && (b.barrier_line != line || (b.barrier_file != file && std::strcmp(b.barrier_file, file) != 0))) {
     char msg[512];
     std::snprintf(msg, sizeof msg,
                   "__syncthreads reached at different places in one block (%s:%d and %s:%d): "
