@@ -59,11 +59,14 @@ inline float f16_to_float(uint16_t h) {
 inline float tf32_operand(uint32_t bits) { return bits_to_float(bits & 0xffffe000u); }
 
 /// cvt.rna.tf32.f32: round to the nearest tf32 (10 significand bits), ties away from zero; the
-/// result is a .b32 whose low 13 bits are zero. Infinities pass through, a value that rounds
-/// past the largest tf32 becomes infinity, NaN becomes the canonical NaN 0x7fffffff.
+/// result is a .b32 whose low 13 bits are zero. A finite value that rounds past the largest tf32
+/// becomes infinity. Infinities and NaNs are not rounded, only cut to their upper 19 bits (the
+/// payload is kept, so a NaN whose payload lies only in the low 13 bits becomes infinity): what
+/// an H200 returned for every NaN pattern tests/arch tried (e.g. 0x7f800001 -> 0x7f800000,
+/// 0x7fffffff -> 0x7fffe000).
 inline uint32_t float_to_tf32(float x) {
   const uint32_t u = float_to_bits(x);
-  if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? 0x7fffffffu : u;
+  if ((u & 0x7f800000u) == 0x7f800000u) return u & 0xffffe000u;
   // Adding half of the dropped range to the magnitude bits and truncating rounds half away from
   // zero; a carry out of the significand correctly bumps the exponent (up to infinity).
   return (u + 0x1000u) & 0xffffe000u;
