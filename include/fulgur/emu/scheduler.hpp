@@ -679,7 +679,9 @@ inline bool run_block(BlockContext& b) {
 #endif
 #if defined(__x86_64__)
     // Initial frame popped by fulgur_emu_switch: [mxcsr|fpucw][r15][r14][r13][r12][rbx][rbp][ret].
-    auto* top = reinterpret_cast<uint64_t*>(stack + stack_bytes);
+    // Stack colouring: stacks are mapped at large power-of-two strides, so their tops would all
+    // fall into the same cache sets; shifting each by i * 64 bytes (mod 32 KiB) spreads them.
+    auto* top = reinterpret_cast<uint64_t*>(stack + stack_bytes - (i % 512u) * 64u);
     top -= 2;  // keep 16-byte alignment and a zero "return address" above the entry frame
     top[0] = top[1] = 0;
     uint64_t* sp = top - 8;
