@@ -73,7 +73,7 @@ inline double max_abs_diff(const std::vector<double>& a, const std::vector<doubl
 /// A quiet-NaN bit pattern for poisoning outputs before a run, so unwritten elements show.
 template <typename T>
 inline void poison(std::vector<T>& v) {
-  std::memset(static_cast<void*>(v.data()), 0xFF, v.size() * sizeof(T));
+  if (!v.empty()) std::memset(static_cast<void*>(v.data()), 0xFF, v.size() * sizeof(T));
 }
 
 }  // namespace fulgur_test
