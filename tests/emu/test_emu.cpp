@@ -16,7 +16,7 @@ using fulgur::detail::launch;
 
 namespace {
 
-FULGUR_KERNEL void k_builtins(uint32_t* out) {
+__global__ void k_builtins(uint32_t* out) {
   const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   const unsigned bid = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
   const unsigned nthreads = blockDim.x * blockDim.y * blockDim.z;
@@ -28,7 +28,7 @@ FULGUR_KERNEL void k_builtins(uint32_t* out) {
 }
 
 // Reverse n values through static shared memory: needs block-scope sharing and the barrier.
-FULGUR_KERNEL void k_reverse(const int* in, int* out, int n) {
+__global__ void k_reverse(const int* in, int* out, int n) {
   __shared__ int buf[1024];
   const int t = static_cast<int>(threadIdx.x);
   buf[t] = in[blockIdx.x * n + t] * 3 + 1;
@@ -36,7 +36,7 @@ FULGUR_KERNEL void k_reverse(const int* in, int* out, int n) {
   out[blockIdx.x * n + t] = buf[n - 1 - t];
 }
 
-FULGUR_KERNEL void k_barrier_variants(const int* pred, int* out) {
+__global__ void k_barrier_variants(const int* pred, int* out) {
   const int p = pred[threadIdx.x];
   const int c = __syncthreads_count(p);
   const int a = __syncthreads_and(p);
@@ -47,7 +47,7 @@ FULGUR_KERNEL void k_barrier_variants(const int* pred, int* out) {
 }
 
 // Every shuffle flavour on lane-identifying values, at width 32 and 8.
-FULGUR_KERNEL void k_shuffles(int* out, int src, int delta, int lane_mask) {
+__global__ void k_shuffles(int* out, int src, int delta, int lane_mask) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int v = 1000 * static_cast<int>(threadIdx.x / 32) + lane;
   int* o = out + 8 * threadIdx.x;
@@ -61,7 +61,7 @@ FULGUR_KERNEL void k_shuffles(int* out, int src, int delta, int lane_mask) {
   o[7] = __shfl_xor_sync(0xffffffffu, v, lane_mask, 8);
 }
 
-FULGUR_KERNEL void k_shuffle_types(double* d_out, __nv_bfloat16* b_out, long long* l_out) {
+__global__ void k_shuffle_types(double* d_out, __nv_bfloat16* b_out, long long* l_out) {
   const unsigned lane = threadIdx.x % 32;
   d_out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 0.5 + lane, 1);
   b_out[threadIdx.x] = __shfl_down_sync(0xffffffffu, __float2bfloat16_rn(static_cast<float>(lane)), 1);
@@ -69,7 +69,7 @@ FULGUR_KERNEL void k_shuffle_types(double* d_out, __nv_bfloat16* b_out, long lon
 }
 
 // Votes on a per-lane predicate; the two half-warps also vote separately with partial masks.
-FULGUR_KERNEL void k_votes(const int* pred, unsigned* out) {
+__global__ void k_votes(const int* pred, unsigned* out) {
   const unsigned lane = threadIdx.x % 32;
   const int p = pred[threadIdx.x];
   unsigned* o = out + 6 * threadIdx.x;
@@ -82,7 +82,7 @@ FULGUR_KERNEL void k_votes(const int* pred, unsigned* out) {
   o[5] = static_cast<unsigned>(__shfl_sync(half, p * 100 + static_cast<int>(lane), 0, 16));
 }
 
-FULGUR_KERNEL void k_atomics(int* i_sum, unsigned long long* u_sum, float* f_sum, int* i_min, int* i_max,
+__global__ void k_atomics(int* i_sum, unsigned long long* u_sum, float* f_sum, int* i_min, int* i_max,
                              unsigned* cas_winner, __half* h_sum, __nv_bfloat16* b_sum) {
   const int g = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   atomicAdd(i_sum, g);
@@ -96,7 +96,7 @@ FULGUR_KERNEL void k_atomics(int* i_sum, unsigned long long* u_sum, float* f_sum
 }
 
 // Records the size of dynamic shared memory through a write/read pattern across threads.
-FULGUR_KERNEL void k_dynamic_smem(const float* in, float* out, int n) {
+__global__ void k_dynamic_smem(const float* in, float* out, int n) {
   FULGUR_DYNAMIC_SMEM(float, s);
   for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) s[i] = in[i] * 2.0f;
   __syncthreads();
@@ -104,19 +104,38 @@ FULGUR_KERNEL void k_dynamic_smem(const float* in, float* out, int n) {
 }
 
 // A partial last warp: 40 threads = one full warp and one of 8 lanes; reduce within each warp.
-FULGUR_KERNEL void k_partial_warp(int* out) {
+__global__ void k_partial_warp(int* out) {
   int v = static_cast<int>(threadIdx.x) + 1;
   for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
   if (threadIdx.x % 32 == 0) out[threadIdx.x / 32] = v;
 }
 
 // Exited threads count as arrived at later block barriers.
-FULGUR_KERNEL void k_early_exit(int* out) {
+__global__ void k_early_exit(int* out) {
   __shared__ int s[64];
   if (threadIdx.x >= 48) return;
   s[threadIdx.x] = static_cast<int>(threadIdx.x);
   __syncthreads();
   out[threadIdx.x] = s[47 - threadIdx.x];
+}
+
+
+// Math and conversion intrinsics kernels use, vector types, __ldg and 16-bit pair arithmetic.
+__global__ void k_math(const float4* in, float* out, __nv_bfloat162* bf2, __half2* h2, double* d_sum) {
+  const unsigned t = threadIdx.x;
+  const float4 v = __ldg(&in[t]);
+  float* o = out + 8 * t;
+  o[0] = __expf(v.x);
+  o[1] = exp2f(v.y);
+  o[2] = __fdividef(v.z, v.w);
+  o[3] = __frcp_rn(v.w);
+  o[4] = rsqrtf(v.w);
+  o[5] = __bfloat162float(__float2bfloat16_rn(v.x));
+  o[6] = __half2float(__float2half_rn(v.y));
+  o[7] = __saturatef(v.z);
+  bf2[t] = __hmul2(__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(2.0f, 0.5f));
+  h2[t] = __hadd2(__floats2half2_rn(v.x, v.y), __floats2half2_rn(1.0f, -1.0f));
+  atomicAdd(d_sum, static_cast<double>(t) * 0.5);
 }
 
 template <typename T>
@@ -305,6 +324,50 @@ TEST_CASE("dynamic shared memory of the launch's size", "[emu]") {
   }
 }
 
+
+TEST_CASE("math intrinsics, vector loads, bf16x2/half2 arithmetic, double atomics", "[emu]") {
+  fulgur_test::Rng rng("emu math");
+  FULGUR_INFO_SEED(rng);
+  const int n = 64;
+  std::vector<float4> in(n);
+  for (auto& v : in)
+    v = make_float4(static_cast<float>(rng.uniform(-4, 4)), static_cast<float>(rng.uniform(-8, 8)),
+                    static_cast<float>(rng.uniform(-2, 2)), static_cast<float>(rng.uniform(0.25, 4)));
+  DeviceBuffer<float4> d_in(in);
+  DeviceBuffer<float> out(8 * n);
+  DeviceBuffer<__nv_bfloat162> bf2(n);
+  DeviceBuffer<__half2> h2(n);
+  DeviceBuffer<double> d_sum(std::vector<double>{0.0});
+  out.fill_bytes(0xFF);
+  REQUIRE(launch(k_math, dim3(1), dim3(n), 0, nullptr, d_in.data(), out.data(), bf2.data(), h2.data(),
+                 d_sum.data()) == cudaSuccess);
+  auto o = run_and_read(out);
+  auto b = bf2.to_host();
+  auto h = h2.to_host();
+  for (int t = 0; t < n; ++t) {
+    const float4 v = in[t];
+    const float* r = &o[8 * t];
+    // Approximate hardware intrinsics: __expf/exp2f within 2 + 1.16|x| ulp, __fdividef and
+    // rsqrtf within 2 ulp (CUDA programming guide, intrinsic functions); 2^-20 relative covers them
+    // for |x| <= 8. __frcp_rn and the conversions are correctly rounded: exact comparisons.
+    const double tol = 1.0 / (1 << 20);
+    CHECK(std::fabs(r[0] - std::exp(double(v.x))) <= tol * std::exp(double(v.x)));
+    CHECK(std::fabs(r[1] - std::exp2(double(v.y))) <= tol * std::exp2(double(v.y)));
+    CHECK(std::fabs(r[2] - double(v.z) / v.w) <= tol * std::fabs(double(v.z) / v.w) + 1e-30);
+    CHECK(r[3] == 1.0f / v.w);
+    CHECK(std::fabs(r[4] - 1.0 / std::sqrt(double(v.w))) <= tol / std::sqrt(double(v.w)));
+    CHECK(r[5] == __bfloat162float(__float2bfloat16_rn(v.x)));
+    CHECK(r[6] == __half2float(__float2half_rn(v.y)));
+    CHECK(r[7] == std::min(1.0f, std::max(0.0f, v.z)));
+    // Multiplying by 2 and 0.5 is exact in bf16; adding +-1 to an fp16 value rounds once.
+    CHECK(__low2float(b[t]) == 2.0f * __bfloat162float(__float2bfloat16_rn(v.x)));
+    CHECK(__high2float(b[t]) == 0.5f * __bfloat162float(__float2bfloat16_rn(v.y)));
+    CHECK(__low2float(h[t]) == __half2float(__float2half_rn(__half2float(__float2half_rn(v.x)) + 1.0f)));
+    CHECK(__high2float(h[t]) == __half2float(__float2half_rn(__half2float(__float2half_rn(v.y)) - 1.0f)));
+  }
+  CHECK(d_sum.to_host()[0] == 0.5 * n * (n - 1) / 2);  // multiples of 1/2: exact in any order
+}
+
 TEST_CASE("a partial last warp shuffles among its existing lanes", "[emu]") {
   DeviceBuffer<int> out(2);
   out.fill_bytes(0xFF);
@@ -339,7 +402,7 @@ TEST_CASE("invalid launch configurations are rejected", "[emu]") {
 #if FULGUR_EMULATING
 namespace {
 
-FULGUR_KERNEL void k_deadlock(int* out) {
+__global__ void k_deadlock(int* out) {
   // Lane 0 waits at the block barrier while lanes 1..31 wait for it in a shuffle.
   int v = static_cast<int>(threadIdx.x);
   if (threadIdx.x == 0) {
@@ -350,12 +413,12 @@ FULGUR_KERNEL void k_deadlock(int* out) {
   out[threadIdx.x] = v;
 }
 
-FULGUR_KERNEL void k_exited_lane(int* out) {
+__global__ void k_exited_lane(int* out) {
   if (threadIdx.x == 3) return;
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1);
 }
 
-FULGUR_KERNEL void k_divergent_barrier(int* out) {
+__global__ void k_divergent_barrier(int* out) {
   if (threadIdx.x < 16) {
     __syncthreads();
   } else {
@@ -366,14 +429,14 @@ FULGUR_KERNEL void k_divergent_barrier(int* out) {
 
 // Missing barrier between the write and the read of shared memory: which threads read a stale
 // value depends on the order in which threads run, which the resume-order switch changes.
-FULGUR_KERNEL void k_racy(int* out, int salt) {
+__global__ void k_racy(int* out, int salt) {
   __shared__ int s[64];
   s[threadIdx.x] = static_cast<int>(threadIdx.x) + salt;
   __syncwarp();
   out[threadIdx.x] = s[63 - threadIdx.x];  // the other warp may not have written yet
 }
 
-FULGUR_KERNEL void k_cp_async(const float* in, float* out) {
+__global__ void k_cp_async(const float* in, float* out) {
   __shared__ float s[32];
   s[threadIdx.x] = -1.0f;
   __syncthreads();
@@ -384,7 +447,7 @@ FULGUR_KERNEL void k_cp_async(const float* in, float* out) {
   out[32 + threadIdx.x] = s[threadIdx.x];
 }
 
-FULGUR_KERNEL void k_allgather(int* out) {
+__global__ void k_allgather(int* out) {
   const int mine[2] = {static_cast<int>(threadIdx.x), static_cast<int>(threadIdx.x) * 10};
   const int* all = static_cast<const int*>(fulgur::emu::warp_allgather(mine, sizeof mine));
   const unsigned l = threadIdx.x % 32;

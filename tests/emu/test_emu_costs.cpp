@@ -9,9 +9,9 @@
 #include "fulgur_test.hpp"
 
 namespace {
-FULGUR_KERNEL void k_empty(int*) {}
+__global__ void k_empty(int*) {}
 
-FULGUR_KERNEL void k_barriers(int* out, int iters) {
+__global__ void k_barriers(int* out, int iters) {
   __shared__ int s[1024];
   int acc = 0;
   for (int i = 0; i < iters; ++i) {
@@ -23,7 +23,7 @@ FULGUR_KERNEL void k_barriers(int* out, int iters) {
   out[threadIdx.x] = acc;
 }
 
-FULGUR_KERNEL void k_shuffles(int* out, int iters) {
+__global__ void k_shuffles(int* out, int iters) {
   int v = static_cast<int>(threadIdx.x);
   for (int i = 0; i < iters; ++i) v += __shfl_xor_sync(0xffffffffu, v, 1 + i % 31) & 1;
   out[threadIdx.x] = v;

@@ -305,6 +305,12 @@ inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
+// glibc declares these names (its internal aliases) without exporting them: define them here.
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __sinf(float x) { return std::sin(x); }
+inline float __cosf(float x) { return std::cos(x); }
+inline float __tanf(float x) { return std::tan(x); }
 inline float __powf(float a, float b) { return std::pow(a, b); }
 inline float __exp10f(float x) { return std::pow(10.0f, x); }
 inline float __log2f(float x) { return std::log2(x); }

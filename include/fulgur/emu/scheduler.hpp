@@ -219,7 +219,7 @@ inline std::string describe_waits(const BlockContext& b) {
     if (t->state == ThreadState::kWarpOp) {
       std::snprintf(line, sizeof line, "\n  threads %u..%u %s (mask 0x%08x) at %s:%d", i, j - 1, what,
                     t->warp_req.mask, t->wait_file, t->wait_line);
-    } else if (t->state == ThreadState::kDone) {
+    } else if (t->state == ThreadState::kDone || t->state == ThreadState::kReady) {
       std::snprintf(line, sizeof line, "\n  threads %u..%u %s", i, j - 1, what);
     } else {
       std::snprintf(line, sizeof line, "\n  threads %u..%u %s at %s:%d", i, j - 1, what, t->wait_file, t->wait_line);
