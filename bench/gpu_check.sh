@@ -43,7 +43,7 @@ echo "|---|---|---|" | tee -a "$summary"
 s=$(date +%s)
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFULGUR_BUILD_EXAMPLES=OFF -DFULGUR_BUILD_BENCH=OFF >"$out/build.log" 2>&1
-gpu_targets=$(cmake --build build-gpu --target help 2>/dev/null | sed -n "s/^\.\.\. \([a-z0-9_]*_gpu\)$/\1/p" | grep -v catch_main | tr "\n" " ")
+gpu_targets=$(cmake --build build-gpu --target help 2>/dev/null | grep -oE '\b(test|bench)_[a-z0-9_]*_gpu\b' | sort -u | tr '\n' ' ')
 if cmake --build build-gpu -j "$jobs" --target $gpu_targets >>"$out/build.log" 2>&1; then
   row build "ok ($gpu_targets)" $(($(date +%s) - s))
 else
