@@ -66,7 +66,7 @@ void check_block(const char* name) {
   INFO(name);
   const int blocks = 2, per_block = kThreads * N;
   const int R = record_size<N>();
-  for (int trial = 0; trial < 2; ++trial) {
+  for (int trial = 0; trial < (kSlowBackend ? 1 : 2); ++trial) {
     std::vector<T> in(static_cast<size_t>(blocks) * per_block);
     for (T& v : in) v = trial == 1 ? T(3) : static_cast<T>(rng.uniform_int(-1000, 1000));
     const T init = static_cast<T>(rng.uniform_int(-100, 100));
@@ -117,7 +117,7 @@ TEST_CASE("block reduce and scan: sizes, items per thread, storage reuse", "[pri
   check_block<int, 96, 3>("int 96x3");
   check_block<float, 128, 4>("float 128x4");
   check_block<long long, 256, 1>("i64 256x1");
-  check_block<int, 256, 12>("int 256x12");
+  if (!kSlowBackend) check_block<int, 256, 12>("int 256x12");
   check_block<float, 1024, 2>("float 1024x2");
 }
 

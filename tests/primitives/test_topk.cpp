@@ -26,7 +26,7 @@ Rows make_rows(const std::vector<int>& sizes, int ld, fulgur_test::Rng& rng) {
   Rows rows;
   rows.ld = ld;
   for (int n : sizes) {
-    for (Pattern p : kAllPatterns) {
+    for (Pattern p : test_patterns()) {
       auto k = make_keys(p, n, rng);
       k.resize(static_cast<size_t>(ld), 1e30f);  // past n: keys that would win if not ignored
       rows.keys.insert(rows.keys.end(), k.begin(), k.end());
@@ -205,7 +205,8 @@ void check_block_topk(const std::vector<int>& sizes, const std::vector<int>& ks,
 using namespace prim_test_topk;  // kernels live in a named namespace: hidden visibility needs external linkage
 
 TEST_CASE("warp top-k: full warp, up to 1024 candidates, k 1..32", "[primitives][topk]") {
-  check_warp_topk<32, 32>({1, 7, 31, 32, 33, 60, 257, 384, 1000, 1024}, {1, 2, 8, 22, 32}, "w32x32");
+  check_warp_topk<32, 32>(full_or_slow<int>({1, 7, 31, 32, 33, 60, 257, 384, 1000, 1024}, {7, 257, 1024}),
+                          full_or_slow<int>({1, 2, 8, 22, 32}, {2, 32}), "w32x32");
 }
 
 TEST_CASE("warp top-k: sub-warp groups (8 lanes, small expert counts)", "[primitives][topk]") {
@@ -218,9 +219,11 @@ TEST_CASE("warp top-k with explicit indices (blocked arrangement, empty items)",
 }
 
 TEST_CASE("block top-k and select: up to 8192 candidates, large k", "[primitives][topk]") {
-  check_block_topk<256, 32>({1, 255, 257, 2880, 3000, 8192}, {0, 1, 32, 288, 1500, 9000}, "256x32");
+  check_block_topk<256, 32>(full_or_slow<int>({1, 255, 257, 2880, 3000, 8192}, {257, 8192}),
+                            full_or_slow<int>({0, 1, 32, 288, 1500, 9000}, {0, 288, 9000}), "256x32");
 }
 
 TEST_CASE("block top-k and select: 128 threads x 5 (LLaVA's 576 image tokens)", "[primitives][topk]") {
-  check_block_topk<128, 5>({1, 100, 576, 640}, {1, 72, 144, 288, 576, 700}, "128x5");
+  check_block_topk<128, 5>(full_or_slow<int>({1, 100, 576, 640}, {100, 576}),
+                           full_or_slow<int>({1, 72, 144, 288, 576, 700}, {72, 700}), "128x5");
 }
