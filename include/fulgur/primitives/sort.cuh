@@ -88,6 +88,15 @@ struct Reversed {
 /// A value type for keys-only sorts.
 struct NoValue {};
 
+namespace detail {
+/// Shared-memory index with one padding word after every 32: the strided accesses of
+/// BlockRadixSort (thread t reading kBuckets or kItemsPerThread consecutive words) then fall in
+/// distinct banks instead of up to 32 threads in one bank. Measured on H200 (BlockTopK::topk,
+/// one block): 8192 items (256 x 32) 52.9 -> 31.5 us, 2880 items (256 x 12) 18.8 -> 16.4 us.
+/// (A namespace-scope function: a member one is not usable in the class's own array bounds.)
+FULGUR_HOST_DEVICE FULGUR_FORCEINLINE constexpr int smem_padded(int i) { return i + (i >> 5); }
+}  // namespace detail
+
 /// Stable block radix sort of kItemsPerThread (key, value) pairs per thread over a 1D block of
 /// kBlockThreads threads. KeyT: uint32_t, int32_t or float; ValueT: any trivial type.
 template <typename KeyT, typename ValueT, int kBlockThreads, int kItemsPerThread, int kRadixBits = 4>
@@ -108,9 +117,9 @@ class BlockRadixSort {
 
   struct TempStorage {
     union {
-      uint32_t counters[kBuckets * kBlockThreads];  // [digit][thread]
-      KeyT keys[kItems];
-      ValueT values[kHasValues ? kItems : 1];
+      uint32_t counters[detail::smem_padded(kBuckets * kBlockThreads)];  // [digit][thread], padded
+      KeyT keys[detail::smem_padded(kItems)];                            // padded
+      ValueT values[kHasValues ? detail::smem_padded(kItems) : 1];
     } u;
     typename BlockScan<uint32_t, kBlockThreads>::TempStorage scan;
   };
@@ -153,12 +162,12 @@ class BlockRadixSort {
       // Count this thread's digits in its own column; the count before an item is its rank
       // among this thread's items with the same digit.
       FULGUR_UNROLL
-      for (int d = 0; d < kBuckets; ++d) s_.u.counters[d * kBlockThreads + tid] = 0u;
+      for (int d = 0; d < kBuckets; ++d) s_.u.counters[detail::smem_padded(d * kBlockThreads + tid)] = 0u;
       uint32_t slot[kItemsPerThread];  // digit << 16 | rank within the thread, then the output slot
       FULGUR_UNROLL
       for (int i = 0; i < kItemsPerThread; ++i) {
         const uint32_t d = (order(keys[i]) >> bit) & digit_mask;
-        uint32_t& c = s_.u.counters[d * kBlockThreads + tid];
+        uint32_t& c = s_.u.counters[detail::smem_padded(static_cast<int>(d) * kBlockThreads + tid)];
         slot[i] = d << 16 | c;
         c = c + 1u;
       }
@@ -170,18 +179,19 @@ class BlockRadixSort {
       uint32_t total = 0;
       FULGUR_UNROLL
       for (int j = 0; j < kBuckets; ++j) {
-        const uint32_t x = s_.u.counters[tid * kBuckets + j];
+        const uint32_t x = s_.u.counters[detail::smem_padded(tid * kBuckets + j)];
         c[j] = total;
         total += x;
       }
       const uint32_t before = BlockScan<uint32_t, kBlockThreads>(s_.scan).exclusive_sum(total);
       FULGUR_UNROLL
-      for (int j = 0; j < kBuckets; ++j) s_.u.counters[tid * kBuckets + j] = before + c[j];
+      for (int j = 0; j < kBuckets; ++j) s_.u.counters[detail::smem_padded(tid * kBuckets + j)] = before + c[j];
       __syncthreads();
 
       FULGUR_UNROLL
       for (int i = 0; i < kItemsPerThread; ++i)
-        slot[i] = s_.u.counters[(slot[i] >> 16) * kBlockThreads + tid] + (slot[i] & 0xffffu);
+        slot[i] = s_.u.counters[detail::smem_padded(static_cast<int>(slot[i] >> 16) * kBlockThreads + tid)] +
+                  (slot[i] & 0xffffu);
       __syncthreads();
 
       exchange(keys, s_.u.keys, slot);
@@ -196,10 +206,10 @@ class BlockRadixSort {
                                                  const uint32_t (&slot)[kItemsPerThread]) {
     const int base = static_cast<int>(threadIdx.x) * kItemsPerThread;
     FULGUR_UNROLL
-    for (int i = 0; i < kItemsPerThread; ++i) buffer[slot[i]] = items[i];
+    for (int i = 0; i < kItemsPerThread; ++i) buffer[detail::smem_padded(static_cast<int>(slot[i]))] = items[i];
     __syncthreads();
     FULGUR_UNROLL
-    for (int i = 0; i < kItemsPerThread; ++i) items[i] = buffer[base + i];
+    for (int i = 0; i < kItemsPerThread; ++i) items[i] = buffer[detail::smem_padded(base + i)];
     __syncthreads();
   }
 
