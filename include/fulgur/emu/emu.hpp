@@ -259,7 +259,7 @@ inline void __stcs(T* p, T v) {
 #define FULGUR_EMU_ATOMIC_BINARY(NAME, EXPR)                                       \
   template <typename T>                                                            \
   inline T NAME(T* address, T val) {                                               \
-    return ::fulgur::emu::detail::atomic_update(address, [&](T old) { return EXPR; }); \
+    return ::fulgur::emu::detail::atomic_update(address, [&](T old) { (void)old; return EXPR; }); \
   }
 FULGUR_EMU_ATOMIC_BINARY(atomicAdd, static_cast<T>(old + val))
 FULGUR_EMU_ATOMIC_BINARY(atomicSub, static_cast<T>(old - val))
