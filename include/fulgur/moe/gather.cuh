@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: Apache-2.0
+// fulgur::moe::gather (dispatch): out[r, :] = (w[t, j] *) hidden[t, :] for i = row_map[r] = t*k + j,
+// a zero row for the sentinel (GatherParams, include/fulgur/moe/params.hpp; oracle:
+// reference::moe_gather).
+//
+// One warp per output row, 4 rows per 128-thread block. Each lane moves V = 16 / min(in, out
+// element size) elements per step with 16-byte loads and stores (LDG.E.128 / STG.E.128), up to
+// kGatherUnroll vectors in flight per lane. The vector path needs H, both row strides a multiple
+// of V and both base pointers 16-byte aligned (checked on the host); anything else runs the same
+// kernel one element per lane. Same dtype in and out without scaling copies the bits; otherwise
+// each element is widened to fp32, multiplied by the fp32 weight, and rounded once to out_dtype.
+//
+// Bytes: num_rows * H * (in + out element size) (+ k weights); no reuse: bandwidth-bound.
+// FLOPs: num_rows * H multiplies when scaling.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "fulgur/detail/cuda.cuh"
+#include "fulgur/detail/dispatch.hpp"
+#include "fulgur/detail/launch.cuh"
+#include "fulgur/detail/status.hpp"
+#include "fulgur/moe/common.cuh"
+#include "fulgur/moe/params.hpp"
+
+FULGUR_NAMESPACE_BEGIN
+namespace moe {
+namespace detail {
+
+constexpr int kDispatchThreads = 128;  // 4 warps: one row (gather) or token (combine) each
+constexpr int kDispatchWarps = kDispatchThreads / 32;
+constexpr int kGatherUnroll = 4;
+
+/// Elements per 16-byte step for a pair of element types.
+template <typename TA, typename TB>
+FULGUR_HOST_DEVICE constexpr int vec_elems() {
+  return 16 / static_cast<int>(sizeof(TA) < sizeof(TB) ? sizeof(TA) : sizeof(TB));
+}
+
+template <typename TIn, typename TOut, bool kVector>
+FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) gather_kernel(const GatherParams p) {
+  constexpr int V = kVector ? vec_elems<TIn, TOut>() : 1;
+  constexpr int kStep = 32 * V;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kDispatchWarps + threadIdx.x / 32;
+  if (r >= p.num_rows) return;
+  const int64_t H = p.hidden_size;
+  const int64_t rows = p.num_tokens * p.top_k;
+  const int64_t i = p.row_map[r];
+  TOut* __restrict__ out = static_cast<TOut*>(p.out) + r * p.out_row_stride;
+
+  if (i < 0 || i >= rows) {  // sentinel (or an entry outside the contract): a zero row
+    float zero[V];
+    FULGUR_UNROLL
+    for (int e = 0; e < V; ++e) zero[e] = 0.0f;
+    for (int64_t h = lane * V; h < H; h += kStep) store_vec<V>(out + h, zero);
+    return;
+  }
+  const int64_t t = i / p.top_k;
+  const TIn* __restrict__ in = static_cast<const TIn*>(p.hidden) + t * p.hidden_row_stride;
+
+  if constexpr (std::is_same<TIn, TOut>::value && kVector) {
+    if (!p.scale_by_weight) {  // a pure copy: move the bits
+      const uint4* __restrict__ src = reinterpret_cast<const uint4*>(in);
+      uint4* __restrict__ dst = reinterpret_cast<uint4*>(out);
+      const int64_t n = H / V;
+      for (int64_t v0 = lane; v0 < n; v0 += 32 * kGatherUnroll) {
+        uint4 buf[kGatherUnroll];
+        FULGUR_UNROLL
+        for (int u = 0; u < kGatherUnroll; ++u)
+          if (v0 + 32 * u < n) buf[u] = src[v0 + 32 * u];
+        FULGUR_UNROLL
+        for (int u = 0; u < kGatherUnroll; ++u)
+          if (v0 + 32 * u < n) dst[v0 + 32 * u] = buf[u];
+      }
+      return;
+    }
+  }
+
+  const float w = p.scale_by_weight ? load_weight(p.topk_weights, p.weights_dtype, i) : 1.0f;
+  for (int64_t h0 = lane * V; h0 < H; h0 += kStep * kGatherUnroll) {
+    float v[kGatherUnroll][V];
+    FULGUR_UNROLL
+    for (int u = 0; u < kGatherUnroll; ++u)
+      if (h0 + kStep * u < H) load_vec<V>(in + h0 + kStep * u, v[u]);
+    FULGUR_UNROLL
+    for (int u = 0; u < kGatherUnroll; ++u) {
+      if (h0 + kStep * u < H) {
+        FULGUR_UNROLL
+        for (int e = 0; e < V; ++e) v[u][e] *= w;
+        store_vec<V>(out + h0 + kStep * u, v[u]);
+      }
+    }
+  }
+}
+
+template <typename TIn, typename TOut>
+inline bool gather_vectorizable(const GatherParams& p) {
+  constexpr int V = vec_elems<TIn, TOut>();
+  return p.hidden_size % V == 0 && p.hidden_row_stride % V == 0 && p.out_row_stride % V == 0 &&
+         aligned_to(p.hidden, 16) && aligned_to(p.out, 16);
+}
+
+}  // namespace detail
+
+/// Whether gather() runs these parameters (host only). invalid: validate(p) fails.
+/// not_supported: f64 tensors (references only) or a dtype this build leaves out.
+inline Status can_implement(const GatherParams& p) {
+  FULGUR_RETURN_IF_ERROR(validate(p));
+  if (p.hidden_dtype == DType::kF64 || p.out_dtype == DType::kF64)
+    return Status::not_supported("gather: f64 tensors are for the references only");
+  if (!detail::dtype_compiled(p.hidden_dtype) || !detail::dtype_compiled(p.out_dtype))
+    return Status::not_supported("gather: a dtype is not compiled in (FULGUR_ALLOW_*)");
+  if ((p.num_rows + detail::kDispatchWarps - 1) / detail::kDispatchWarps > 0x7fffffff)
+    return Status::not_supported("gather: num_rows exceeds the grid");
+  return Status::ok();
+}
+
+/// Dispatch: writes p.num_rows rows of p.out as reference::moe_gather defines them (bit-exact
+/// without scaling; with scaling the product is formed in fp32, so a 16-bit output can differ by
+/// one unit in the last place where the fp32 product sits next to a rounding boundary). row_map
+/// entries are assumed in [0, T*k]; any other entry writes a zero row. Enqueued on `stream`; bad
+/// input returns can_implement's code and writes nothing.
+inline cudaError_t gather(const GatherParams& p, cudaStream_t stream = nullptr) {
+  const Status s = can_implement(p);
+  if (!s) return s.code();
+  if (p.num_rows == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((p.num_rows + detail::kDispatchWarps - 1) / detail::kDispatchWarps));
+  return FULGUR_DISPATCH_DTYPE(p.hidden_dtype, TIn, {
+    return FULGUR_DISPATCH_DTYPE(p.out_dtype, TOut, {
+      if (detail::gather_vectorizable<TIn, TOut>(p))
+        return ::fulgur::detail::launch(detail::gather_kernel<TIn, TOut, true>, grid, dim3(detail::kDispatchThreads), 0,
+                                        stream, p);
+      return ::fulgur::detail::launch(detail::gather_kernel<TIn, TOut, false>, grid, dim3(detail::kDispatchThreads), 0,
+                                      stream, p);
+    });
+  });
+}
+
+}  // namespace moe
+FULGUR_NAMESPACE_END
