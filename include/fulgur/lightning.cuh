@@ -3,6 +3,8 @@
 //
 //   fulgur::lightning::prefill(workspace, workspace_bytes, PrefillParams, stream)
 //       tensor-core chunked prefill over a packed varlen batch (lightning/prefill.cuh)
+//   fulgur::lightning::decode(DecodeParams, stream)
+//       one token per sequence, slot pool updated in place (lightning/decode.cuh)
 //   fulgur::lightning::can_implement(params), prefill_workspace_bytes(params)
 //       pure host checks and sizes (lightning/traits.hpp)
 //   PrefillParams / DecodeParams and validate(): lightning/params.hpp
@@ -12,6 +14,7 @@
 // API, launch rules, precision and design: docs/lightning.md.
 #pragma once
 
+#include "fulgur/lightning/decode.cuh"
 #include "fulgur/lightning/params.hpp"
 #include "fulgur/lightning/prefill.cuh"
 #include "fulgur/lightning/slopes.hpp"

@@ -8,9 +8,9 @@
 #   - ptxas reports a resource line for every kernel, each with a 0-byte stack frame and 0 bytes
 #     of spill stores and loads;
 #   - every prefill kernel's SASS holds HMMA (tensor-core mma.sync), LDSM (ldmatrix) and
-#     LDG.E.128 (16-byte global loads of q, k, v);
+#     LDG.E[.mod].128 (16-byte global loads of q, k, v);
 #   - every decode kernel's SASS holds 16-byte global loads and stores of the state
-#     (LDG.E.128 / STG.E.128).
+#     (LDG.E.EF.128 / STG.E.EF.128: evict-first).
 # The registers per kernel are printed (docs/lightning.md quotes them).
 foreach(var NVCC CUOBJDUMP SOURCE INCLUDE_DIR WORK_DIR)
   if(NOT ${var})
@@ -82,27 +82,33 @@ foreach(arch IN ITEMS 80 90a)
       string(SUBSTRING "${rest}" ${len} -1 rest)
     endif()
     string(REGEX MATCH "^Function : [^\n]*" header "${section}")
+    # Instruction patterns: 16-byte global accesses may carry cache modifiers, e.g.
+    # LDG.E.128.CONSTANT (read-only path) or LDG.E.EF.128 / STG.E.EF.128 (evict-first).
+    set(hmma "HMMA")
+    set(ldsm "LDSM")
+    set(ldg128 "LDG\\.E(\\.[A-Z]+)*\\.128")
+    set(stg128 "STG\\.E(\\.[A-Z]+)*\\.128")
     set(required "")
     if(header MATCHES "prefill_kernel")
-      set(required HMMA LDSM LDG.E.128)
+      set(required hmma ldsm ldg128)
       math(EXPR n_prefill "${n_prefill} + 1")
     elseif(header MATCHES "decode_kernel")
-      set(required LDG.E.128 STG.E.128)
+      set(required ldg128 stg128)
       math(EXPR n_decode "${n_decode} + 1")
     endif()
     foreach(op IN LISTS required)
-      string(REPLACE "." "\\." op_re "${op}")
-      string(REGEX MATCHALL "[ \t]${op_re}[.A-Z0-9_]*" hits "${section}")
+      string(REGEX MATCHALL "[ \t]${${op}}" hits "${section}")
       list(LENGTH hits n)
       if(n EQUAL 0)
-        string(APPEND failures "sm_${arch}: no ${op} in ${header}\n")
+        string(APPEND failures "sm_${arch}: no ${${op}} in ${header}\n")
       endif()
     endforeach()
     string(FIND "${rest}" "Function : " pos)
   endwhile()
   message(STATUS "sm_${arch}: ${n_prefill} prefill kernels, ${n_decode} decode kernels checked")
-  if(n_prefill LESS 8)
-    string(APPEND failures "sm_${arch}: expected 8 prefill kernels in the SASS, found ${n_prefill}\n")
+  if(n_prefill LESS 8 OR n_decode LESS 12)
+    string(APPEND failures "sm_${arch}: expected 8 prefill and 12 decode kernels in the SASS, found ${n_prefill} "
+                           "and ${n_decode}\n")
   endif()
 endforeach()
 

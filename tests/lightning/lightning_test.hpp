@@ -488,4 +488,211 @@ inline Worst compare(const PrefillProblem& pb, const PrefillResult& got, const P
   return worst;
 }
 
+// ---- decode problems ----------------------------------------------------------------------------
+
+struct DecodeCase {
+  int B = 3;
+  int H = 2;
+  int d = 64;
+  DType in = DType::kBF16;
+  DType out = DType::kBF16;
+  bool fused = false;             // q|k|v of a head contiguous: [B, H, 3, d]
+  bool silu = false;
+  bool zero_mean = false;
+  std::vector<float> slopes;      // [H]; empty: MiniMax layer 40, heads spread
+  float scale = 1.f;
+  StateLayout layout = StateLayout::kKV;
+  std::vector<int32_t> slots;     // [B]; empty: slot b
+  int64_t extra_slots = 2;
+  double init_scale = 1.0;
+};
+
+struct DecodeResult {
+  cudaError_t err = cudaSuccess;
+  std::vector<unsigned char> o;
+  std::vector<float> pool;
+};
+
+class DecodeProblem {
+ public:
+  DecodeCase c;
+  std::vector<int32_t> slots;
+  std::vector<float> slopes, pool0;
+  std::vector<double> q, k, v;  // dense [B, H, d], rounded to the input dtype
+  int64_t num_slots = 0;
+
+  DecodeProblem(const DecodeCase& cs, Rng& rng) : c(cs) {
+    const int64_t n = int64_t{c.B} * c.H * c.d;
+    q.resize(n);
+    k.resize(n);
+    v.resize(n);
+    auto draw = [&] {
+      const double x = rng.normal();
+      return (c.silu || c.zero_mean) ? x : silu(x);
+    };
+    for (auto* vec : {&q, &k, &v})
+      for (double& x : *vec) x = round_to(c.in, draw());
+    slopes = c.slopes.empty() ? minimax_slopes(c.H, 40) : c.slopes;
+    slots = c.slots;
+    if (slots.empty())
+      for (int32_t b = 0; b < c.B; ++b) slots.push_back(b);
+    int32_t max_slot = -1;
+    for (int32_t s : slots) max_slot = std::max(max_slot, s);
+    num_slots = max_slot + 1 + c.extra_slots;
+    pool0.resize(num_slots * c.H * head_elems());
+    for (float& x : pool0) x = static_cast<float>(c.init_scale * rng.normal());
+  }
+
+  int64_t head_elems() const { return int64_t{c.d} * c.d; }
+  int64_t in_stride_token() const { return c.fused ? 3LL * c.H * c.d : int64_t{c.H} * c.d; }
+  int64_t in_stride_head() const { return c.fused ? 3LL * c.d : c.d; }
+  int64_t o_elems() const { return int64_t{c.B} * c.H * c.d; }
+
+  void fill_inputs(Blob& qb, Blob& kb, Blob& vb) const {
+    const size_t es = fulgur::dtype_size(c.in);
+    const int64_t n = int64_t{c.B} * in_stride_token();
+    qb.host.assign(static_cast<size_t>(n) * es, 0xAB);
+    if (!c.fused) {
+      kb.host.assign(static_cast<size_t>(n) * es, 0xAB);
+      vb.host.assign(static_cast<size_t>(n) * es, 0xAB);
+    }
+    for (int b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.H; ++h)
+        for (int i = 0; i < c.d; ++i) {
+          const int64_t src = (int64_t{b} * c.H + h) * c.d + i;
+          const int64_t base = b * in_stride_token() + h * in_stride_head() + i;
+          store_as(c.in, qb.host.data(), base, q[src]);
+          store_as(c.in, c.fused ? qb.host.data() : kb.host.data(), base + (c.fused ? c.d : 0), k[src]);
+          store_as(c.in, c.fused ? qb.host.data() : vb.host.data(), base + (c.fused ? 2 * c.d : 0), v[src]);
+        }
+  }
+
+  lt::DecodeParams params(const void* qp, const void* kp, const void* vp, void* o, float* pool, const int32_t* slots_p,
+                          const float* slopes_p) const {
+    lt::DecodeParams p;
+    p.batch_size = c.B;
+    p.num_heads = c.H;
+    p.dk = p.dv = c.d;
+    p.qkv_dtype = c.in;
+    const size_t es = fulgur::dtype_size(c.in);
+    if (c.fused) {
+      const unsigned char* base = static_cast<const unsigned char*>(qp);
+      p.q = base;
+      p.k = base + c.d * es;
+      p.v = base + 2 * c.d * es;
+    } else {
+      p.q = qp;
+      p.k = kp;
+      p.v = vp;
+    }
+    p.q_stride_token = p.k_stride_token = p.v_stride_token = in_stride_token();
+    p.q_stride_head = p.k_stride_head = p.v_stride_head = in_stride_head();
+    p.silu_qkv = c.silu;
+    p.o_dtype = c.out;
+    p.o = o;
+    p.o_stride_token = int64_t{c.H} * c.d;
+    p.o_stride_head = c.d;
+    p.slopes = slopes_p;
+    p.scale = c.scale;
+    p.state = pool;
+    p.state_layout = c.layout;
+    p.num_slots = num_slots;
+    p.slot_ids = slots_p;
+    return p;
+  }
+
+  /// The fp64 reference step on host copies, from `pool` (default: the initial pool).
+  DecodeResult run_reference(const std::vector<float>* pool = nullptr) const {
+    Blob qb, kb, vb;
+    fill_inputs(qb, kb, vb);
+    DecodeResult r;
+    r.o.assign(static_cast<size_t>(o_elems() * fulgur::dtype_size(c.out)), 0xFF);
+    r.pool = pool ? *pool : pool0;
+    const lt::DecodeParams p =
+        params(qb.host.data(), kb.host.data(), vb.host.data(), r.o.data(), r.pool.data(), slots.data(), slopes.data());
+    const fulgur::Status st = fulgur::reference::lightning_decode(p);
+    INFO(st.reason());
+    REQUIRE(st.is_ok());
+    return r;
+  }
+
+  template <typename Mutate>
+  DecodeResult run_kernel(const std::vector<float>& pool_in, Mutate&& mutate) const {
+    Blob qb, kb, vb;
+    fill_inputs(qb, kb, vb);
+    qb.to_device();
+    if (!c.fused) {
+      kb.to_device();
+      vb.to_device();
+    }
+    DeviceBuffer<unsigned char> o(static_cast<size_t>(o_elems() * fulgur::dtype_size(c.out)) + 16);
+    REQUIRE(o.fill_bytes(0xFF) == cudaSuccess);
+    DeviceBuffer<float> pool(pool_in);
+    DeviceBuffer<int32_t> slots_d(slots.empty() ? std::vector<int32_t>{0} : slots);
+    DeviceBuffer<float> slopes_d(slopes);
+    lt::DecodeParams p = params(qb.dev.data(), c.fused ? nullptr : kb.dev.data(), c.fused ? nullptr : vb.dev.data(),
+                                o.data(), pool.data(), slots_d.data(), slopes_d.data());
+    mutate(p);
+    DecodeResult r;
+    r.err = lt::decode(p);
+    REQUIRE(fulgur::device_synchronize() == cudaSuccess);
+    r.o = o.to_host();
+    r.o.resize(static_cast<size_t>(o_elems() * fulgur::dtype_size(c.out)));
+    r.pool = pool.to_host();
+    return r;
+  }
+  DecodeResult run_kernel() const {
+    return run_kernel(pool0, [](lt::DecodeParams&) {});
+  }
+
+  std::vector<double> o_row(const DecodeResult& r, int b, int h) const {
+    std::vector<double> out(c.d);
+    for (int j = 0; j < c.d; ++j) out[j] = load_as(c.out, r.o.data(), (int64_t{b} * c.H + h) * c.d + j);
+    return out;
+  }
+  std::vector<double> slot_state(const std::vector<float>& pool, int64_t slot, int h) const {
+    const int64_t base = (slot * c.H + h) * head_elems();
+    return std::vector<double>(pool.begin() + base, pool.begin() + base + head_elems());
+  }
+};
+
+/// Kernel vs reference for a decode step: o of every row with a slot and every updated state
+/// within tol; o of padding rows and every other pool element untouched.
+inline Worst compare(const DecodeProblem& pb, const DecodeResult& got, const DecodeResult& ref, Tolerance tol,
+                     const std::vector<float>& pool_before) {
+  Worst worst;
+  REQUIRE(got.err == cudaSuccess);
+  const auto& c = pb.c;
+  const size_t es = fulgur::dtype_size(c.out);
+  std::vector<char> used(pool_before.size(), 0);
+  for (int b = 0; b < c.B; ++b) {
+    const int32_t s = pb.slots[b];
+    for (int h = 0; h < c.H; ++h) {
+      if (s < 0) {
+        int64_t touched = 0;
+        for (int j = 0; j < c.d; ++j)
+          for (size_t byte = 0; byte < es; ++byte)
+            touched += got.o[((int64_t{b} * c.H + h) * c.d + j) * es + byte] != 0xFF;
+        INFO("o of padding row " << b << ", head " << h << " must stay untouched");
+        CHECK(touched == 0);
+        continue;
+      }
+      const double eo = fulgur_test::rel_rmse(pb.o_row(got, b, h), pb.o_row(ref, b, h));
+      const double es2 = fulgur_test::rel_rmse(pb.slot_state(got.pool, s, h), pb.slot_state(ref.pool, s, h));
+      worst.o = std::max(worst.o, eo);
+      worst.state = std::max(worst.state, es2);
+      INFO("row " << b << " (slot " << s << "), head " << h << ": o rel RMSE " << eo << ", state " << es2);
+      CHECK(eo <= tol.o);
+      CHECK(es2 <= tol.state);
+      const int64_t base = (s * c.H + h) * pb.head_elems();
+      std::fill(used.begin() + base, used.begin() + base + pb.head_elems(), 1);
+    }
+  }
+  int64_t changed = 0;
+  for (size_t i = 0; i < used.size(); ++i) changed += !used[i] && f32_bits(got.pool[i]) != f32_bits(pool_before[i]);
+  INFO("pool elements outside the rows' slots that changed");
+  CHECK(changed == 0);
+  return worst;
+}
+
 }  // namespace lt_test

@@ -16,3 +16,12 @@ FULGUR_LT_PREFILL(128, 1, __nv_bfloat16)
 FULGUR_LT_PREFILL(128, 2, __nv_bfloat16)
 FULGUR_LT_PREFILL(128, 2, __half)
 FULGUR_LT_PREFILL(128, 2, float)
+
+#define FULGUR_LT_DECODE(D, VK, T) template __global__ void ltd::decode_kernel<D, VK, T>(lt::DecodeParams);
+FULGUR_LT_DECODE(64, false, __nv_bfloat16)
+FULGUR_LT_DECODE(64, true, __nv_bfloat16)
+FULGUR_LT_DECODE(128, false, __nv_bfloat16)
+FULGUR_LT_DECODE(128, true, __nv_bfloat16)
+FULGUR_LT_DECODE(128, false, __half)
+FULGUR_LT_DECODE(128, false, float)
+FULGUR_LT_DECODE(128, true, float)
