@@ -344,6 +344,9 @@ inline bool try_release_block(BlockContext& b) {
 // ---------------------------------------------------------------------------------------------
 // Backends: how a thread waits until released, and how a block runs.
 
+/// Thrown through a CUDA thread's own stack (thread backend) to abandon a failed block.
+struct BlockAborted {};
+
 #if !FULGUR_EMU_THREADS
 
 #if defined(__x86_64__)
@@ -522,19 +525,43 @@ inline void notify_released(BlockContext& b) {
 
 #endif
 
-/// Thrown through a CUDA thread's own stack (thread backend) to abandon a failed block.
-struct BlockAborted {};
-
 // ---------------------------------------------------------------------------------------------
 // Synchronization entry points used by the CUDA built-ins in emu.hpp.
+
+#if FULGUR_EMU_THREADS
+inline BlockLock lock_block(BlockContext& b) {
+  BlockLock lock(b.mu);
+  if (b.failed) throw BlockAborted{};
+  return lock;
+}
+#else
+inline BlockLock lock_block(BlockContext& b) { return BlockLock(b); }
+#endif
+
+/// After t's arrival at a barrier or collective: go on at once when the arrival released its
+/// group, else wait for the release (or, in the thread backend, for the block to fail).
+inline void finish_arrival(ThreadContext& t, bool released, BlockLock& lock) {
+#if FULGUR_EMU_THREADS
+  BlockContext& b = *t.block;
+  if (released) {
+    notify_released(b);
+    return;
+  }
+  if (!b.failed) wait_released(t, lock);
+  if (b.failed) {
+    for (ThreadContext* u : b.threads) u->cv.notify_all();
+    throw BlockAborted{};
+  }
+#else
+  (void)lock;
+  if (!released) wait_released(t);
+#endif
+}
 
 inline int block_barrier(BarrierKind kind, int pred, const char* file, int line) {
   ThreadContext& t = current();
   BlockContext& b = *t.block;
-#if FULGUR_EMU_THREADS
-  BlockLock lock(b.mu);
-  if (b.failed) throw BlockAborted{};
-#endif
+  BlockLock lock = lock_block(b);
   if (b.barrier_file && (b.barrier_line != line || (b.barrier_file != file && std::strcmp(b.barrier_file, file) != 0))) {
     char msg[512];
     std::snprintf(msg, sizeof msg,
@@ -551,31 +578,14 @@ inline int block_barrier(BarrierKind kind, int pred, const char* file, int line)
   t.barrier_kind = kind;
   t.barrier_pred = pred != 0;
   ++b.at_barrier;
-  if (!try_release_block(b)) {
-#if FULGUR_EMU_THREADS
-    if (!b.failed) wait_released(t, lock);
-    if (b.failed) {
-      for (ThreadContext* u : b.threads) u->cv.notify_all();
-      throw BlockAborted{};
-    }
-#else
-    wait_released(t);
-#endif
-  } else {
-#if FULGUR_EMU_THREADS
-    notify_released(b);
-#endif
-  }
+  finish_arrival(t, try_release_block(b), lock);
   return t.barrier_result;
 }
 
 inline WarpRequest& warp_collective(WarpRequest req, const char* file, int line) {
   ThreadContext& t = current();
   BlockContext& b = *t.block;
-#if FULGUR_EMU_THREADS
-  BlockLock lock(b.mu);
-  if (b.failed) throw BlockAborted{};
-#endif
+  BlockLock lock = lock_block(b);
   req.mask &= existing_lanes(b, t.warp);
   if (!(req.mask >> t.lane & 1u)) {
     char msg[256];
@@ -587,21 +597,7 @@ inline WarpRequest& warp_collective(WarpRequest req, const char* file, int line)
   t.state = ThreadState::kWarpOp;
   t.wait_file = file;
   t.wait_line = line;
-  if (!try_release_warp(b, t)) {
-#if FULGUR_EMU_THREADS
-    if (!b.failed) wait_released(t, lock);
-    if (b.failed) {
-      for (ThreadContext* u : b.threads) u->cv.notify_all();
-      throw BlockAborted{};
-    }
-#else
-    wait_released(t);
-#endif
-  } else {
-#if FULGUR_EMU_THREADS
-    notify_released(b);
-#endif
-  }
+  finish_arrival(t, try_release_warp(b, t), lock);
   return t.warp_req;
 }
 
