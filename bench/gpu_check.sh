@@ -1,79 +1,258 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The one-call GPU check (run on a machine with an NVIDIA GPU, nvcc and CMake; no network):
-#   bash bench/gpu_check.sh OUT_DIR        full check
-#   bash bench/gpu_check.sh --dry-run      configure + build only (any machine with nvcc)
-# Steps: record the device; build fulgur's GPU test binaries for the card's architecture; run them
-# (the same test sources that run under emulation on every CI run, plus the arch layer's
-# hardware-versus-emulation checks); compute-sanitizer memcheck and racecheck over a subset.
-# Results go to OUT_DIR (device.txt, build.log, tests.log, sanitizer logs, summary.md); the
-# summary table is printed last. compute-sanitizer runs with --report-api-errors no: the API
-# contract tests provoke failing calls on purpose and check the returned codes themselves. Catch2 is taken from .deps/include when the machine lacks it
-# (scripts/prepare_gpu_deps.sh fills that folder).
+#   bash bench/gpu_check.sh OUT_DIR                      full check, results in OUT_DIR
+#   bash bench/gpu_check.sh --dry-run                    configure + build (sm_90a) + the checks below
+#   bash bench/gpu_check.sh --dry-run --prebuilt BUILD   the dry run on BUILD's binaries (CTest
+#                                                        bench_dry_run, label bench, in CI)
+# Steps of the full check, each bounded so the whole script ends within FULGUR_GPU_CHECK_BUDGET
+# seconds (default 360, the build included), progress printed as it goes:
+#   1. record the device; install the peer wheels carried in .whl/ (if any) into a temporary
+#      folder on PYTHONPATH (scripts/fetch_peer_wheels.sh fills .whl/ on a machine with PyPI);
+#   2. build fulgur's GPU test binaries (*_gpu) and the benchmark binaries (bench_<family>) for the
+#      card's architecture only (Ninja when present);
+#   3. run the GPU tests (ctest -L gpu: the same test sources that run under emulation in CI, plus
+#      the arch layer's hardware-versus-emulation checks);
+#   4. the benchmarks (bench/common.cuh: CUDA events, L2 flush, rotated inputs, floor counters),
+#      JSON merged into bench.json;
+#   5. compute-sanitizer memcheck then racecheck over the GPU test binaries, within
+#      FULGUR_SANITIZER_BUDGET seconds (default 90) and FULGUR_SANITIZER_TIMEOUT per binary;
+#      --report-api-errors no: the API contract tests provoke failing calls on purpose and check
+#      the returned codes themselves;
+#   6. the peers (bench/peers/run_peers.py: PyTorch compositions, fla, OpenNLPLab lightning_attn
+#      when importable), each checked against an fp64 reference, within the time left;
+#   7. the comparison (bench/compare.py): the full table into summary.md, the short one printed last.
+# OUT_DIR gets at most 7 files (the GPU tool returns 8): summary.md (device, steps, full table),
+# build.log, tests.log, run.log (benchmark and peer console output), bench.json, peers.json,
+# sanitizer.log. Catch2 and Google Benchmark are taken from .deps/ when the machine lacks them
+# (scripts/prepare_gpu_deps.sh fills that folder; bench/CMakeLists.txt falls back to a built-in
+# harness if the carried library does not load).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-dry=0
-if [ "${1:-}" = "--dry-run" ]; then dry=1; out=$(mktemp -d); else out=${1:?usage: gpu_check.sh OUT_DIR | --dry-run}; fi
-mkdir -p "$out"
 export PATH="$PATH:/usr/local/cuda/bin"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+budget=${FULGUR_GPU_CHECK_BUDGET:-360}
+elapsed() { echo $(($(date +%s) - t0)); }
+left() { echo $((budget - $(date +%s) + t0)); }
+say() { echo "[$(elapsed) s] $*"; }
+
+dry=0
+prebuilt=""
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry=1 ;;
+    --prebuilt) prebuilt=${2:?--prebuilt needs a build folder}; shift ;;
+    -h|--help) sed -n 3,30p "$0"; exit 0 ;;
+    *) out=$1 ;;
+  esac
+  shift
+done
+if [ $dry = 1 ]; then
+  out=${out:-$(mktemp -d)}
+elif [ -z "$out" ]; then
+  echo "usage: gpu_check.sh OUT_DIR | --dry-run [--prebuilt BUILD_DIR]" >&2
+  exit 2
+fi
+mkdir -p "$out"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 jobs=$(nproc)
 summary="$out/summary.md"
 : >"$summary"
 row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" | tee -a "$summary"; }
-t0=$(date +%s)
+count() { local n; n=$(grep -c -- "$1" "$2" 2>/dev/null); echo "${n:-0}"; }
 
-arch=90a
-if [ $dry = 0 ]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv >"$out/device.txt" 2>&1
-  nvcc --version >>"$out/device.txt" 2>&1
-  cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
-  case "$cc" in
-    90) arch=90a ;;
-    "") arch=90a ;;
-    *) arch=$cc ;;
-  esac
+# ---- dry run: the parts that need no GPU ---------------------------------------------------------
+if [ $dry = 1 ]; then
+  fails=0
+  pass=0
+  ok() { pass=$((pass + 1)); say "ok: $*"; }
+  bad() { fails=$((fails + 1)); say "FAILED: $*"; }
+  if [ -n "$prebuilt" ]; then
+    bdir=$(cd "$prebuilt" && pwd)
+  else
+    bdir="$root/build-gpu"
+    gen=()
+    [ -f "$bdir/CMakeCache.txt" ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
+    say "configure $bdir (sm_90a)"
+    if ! cmake -S . -B "$bdir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON \
+      -DFULGUR_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_ARCHITECTURES=90a -DFULGUR_BENCH_ARCHITECTURES=90a \
+      -DFULGUR_BUILD_EXAMPLES=OFF -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1; then
+      tail -30 "$out/build.log"; bad "configure"; echo "0 passed, 1 failed"; exit 1
+    fi
+    targets=$(cmake --build "$bdir" --target help 2>/dev/null | grep -oE '\b(test_[a-z0-9_]*_gpu|bench_(lightning|moe|token_drop))\b' | sort -u | tr '\n' ' ')
+    say "build: $targets"
+    if cmake --build "$bdir" -j "$jobs" --target $targets >>"$out/build.log" 2>&1; then ok "build"; else
+      tail -40 "$out/build.log"; bad "build"; echo "$pass passed, $fails failed"; exit 1
+    fi
+  fi
+  benches=$(ls "$bdir"/bench/bench_lightning "$bdir"/bench/bench_moe "$bdir"/bench/bench_token_drop 2>/dev/null)
+  [ -n "$benches" ] || bad "no benchmark binary in $bdir/bench"
+  for b in $benches; do
+    n=$("$b" --benchmark_list_tests 2>"$scratch/err" | grep -c .)
+    c=$("$b" --fulgur_costs 2>>"$scratch/err" | tail -n +2 | grep -c .)
+    if [ "$n" -gt 0 ] && [ "$n" = "$c" ]; then ok "$(basename "$b"): $n benchmarks listed, costs for each"; else
+      cat "$scratch/err"; bad "$(basename "$b"): listed $n, costs $c"; fi
+    if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+      if msg=$("$b" 2>&1) && echo "$msg" | grep -q "no CUDA device"; then ok "$(basename "$b") skips without a GPU (exit 0)";
+      else echo "$msg" | tail -5; bad "$(basename "$b") without a GPU"; fi
+    fi
+  done
+  if python3 -m py_compile bench/compare.py bench/peers/*.py 2>"$scratch/err"; then ok "python peers compile"; else
+    cat "$scratch/err"; bad "py_compile"; fi
+  if python3 bench/peers/run_peers.py --bench-dir "$bdir/bench" --dry-run --out "$scratch/peers.json"; then
+    ok "peers dry run"; else bad "peers dry run"; fi
+  if python3 bench/compare.py --self-test >"$scratch/cmp" 2>&1; then ok "compare self-test"; else
+    cat "$scratch/cmp"; bad "compare self-test"; fi
+  if bash -n "$0" && bash -n scripts/prepare_gpu_deps.sh && bash -n scripts/fetch_peer_wheels.sh; then ok "scripts parse"; else
+    bad "bash -n"; fi
+  echo "$pass passed, $fails failed"
+  [ $fails = 0 ]
+  exit
 fi
-gpu_name=$( [ $dry = 0 ] && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo "dry run")
+
+# ---- full check ------------------------------------------------------------------------------------
+arch=90a
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv >"$scratch/device.txt" 2>&1
+nvcc --version 2>&1 | tail -2 >>"$scratch/device.txt"
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+case "$cc" in
+  90|"") arch=90a ;;
+  *) arch=$cc ;;
+esac
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 commit=${FULGUR_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-echo "fulgur GPU check: $gpu_name, sm_$arch, commit $commit, $(date -u +%Y-%m-%d)" | tee "$out/header.txt"
+header="fulgur GPU check: ${gpu_name:-no GPU}, sm_$arch, commit $commit, $(date -u +%Y-%m-%d)"
+{
+  echo "# $header"
+  echo
+  echo '```'
+  cat "$scratch/device.txt"
+  echo '```'
+  echo
+  echo "| step | result | seconds |"
+  echo "|---|---|---|"
+} >>"$summary"
+say "$header"
 
-echo "| step | result | seconds |" | tee -a "$summary"
-echo "|---|---|---|" | tee -a "$summary"
+# 1. peer wheels
+if ls .whl/*.whl >/dev/null 2>&1; then
+  s=$(date +%s)
+  site=$scratch/site
+  if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    >"$scratch/pip.log" 2>&1; then
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    row "peer wheels" "installed: $(cd .whl && ls *.whl | tr '\n' ' ')" $(($(date +%s) - s))
+  else
+    row "peer wheels" "pip FAILED: $(tail -1 "$scratch/pip.log")" $(($(date +%s) - s))
+  fi
+fi
 
+# 2. build
 s=$(date +%s)
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
-  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFULGUR_BUILD_EXAMPLES=OFF -DFULGUR_BUILD_BENCH=OFF >"$out/build.log" 2>&1
+gen=()
+[ -f build-gpu/CMakeCache.txt ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
+say "configure and build (sm_$arch, $jobs jobs)"
+cmake -S . -B build-gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFULGUR_BENCH_ARCHITECTURES="$arch" -DFULGUR_BUILD_EXAMPLES=OFF \
+  -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1
+harness=$(grep -oE 'benchmarks use [^:]*' "$out/build.log" | head -1)
 gpu_targets=$(cmake --build build-gpu --target help 2>/dev/null | grep -oE '\b(test|bench)_[a-z0-9_]*_gpu\b' | sort -u | tr '\n' ' ')
-if cmake --build build-gpu -j "$jobs" --target $gpu_targets >>"$out/build.log" 2>&1; then
-  row build "ok ($gpu_targets)" $(($(date +%s) - s))
+bench_targets=$(cmake --build build-gpu --target help 2>/dev/null | grep -oE '\bbench_(lightning|moe|token_drop)\b' | sort -u | tr '\n' ' ')
+if timeout $(($(left) > 120 ? $(left) - 60 : 60)) cmake --build build-gpu -j "$jobs" --target $gpu_targets $bench_targets \
+  >>"$out/build.log" 2>&1; then
+  row build "ok ($gpu_targets$bench_targets; $harness)" $(($(date +%s) - s))
 else
   row build "FAILED (build.log)" $(($(date +%s) - s))
   tail -40 "$out/build.log"
-  exit 1
-fi
-if [ $dry = 1 ]; then
-  echo "dry run: GPU test binaries built: $gpu_targets"
-  exit 0
+  # keep going with whatever was built: a broken family must not cost the others' results
 fi
 
+# 3. tests
 s=$(date +%s)
-(cd build-gpu && ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
+say "GPU tests"
+(cd build-gpu && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
 rc=$?
-row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo FAIL) ($(grep -E 'tests passed' "$out/tests.log" | tail -1))" $(($(date +%s) - s))
+row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo "FAIL rc=$rc") ($(grep -E 'tests passed' "$out/tests.log" | tail -1))" $(($(date +%s) - s))
 
+# 4. benchmarks
+: >"$out/run.log"
+bench_json=()
+for fam in lightning moe token_drop; do
+  b=build-gpu/bench/bench_$fam
+  [ -x "$b" ] || { row "bench_$fam" "not built" 0; continue; }
+  s=$(date +%s)
+  lim=$(($(left) / 4 > 150 ? 150 : ($(left) / 4 < 30 ? 30 : $(left) / 4)))
+  say "bench_$fam (limit $lim s)"
+  timeout "$lim" "$b" --benchmark_out="$scratch/bench_$fam.json" --benchmark_out_format=json \
+    --benchmark_counters_tabular=true 2>&1 | tee -a "$out/run.log" | grep -E "^(lightning|moe|token_drop)\." | cut -c1-150
+  r=${PIPESTATUS[0]}
+  n=$(count '"real_time"' "$scratch/bench_$fam.json")
+  row "bench_$fam" "$( [ "$r" = 0 ] && echo ok || echo "rc=$r") ($n results)" $(($(date +%s) - s))
+  [ -s "$scratch/bench_$fam.json" ] && bench_json+=("$fam=$scratch/bench_$fam.json")
+done
+python3 - "$out/bench.json" "${bench_json[@]}" <<'EOF'
+import json, sys
+runs = {}
+for arg in sys.argv[2:]:
+    fam, path = arg.split("=", 1)
+    try:
+        runs[fam] = json.load(open(path))
+    except Exception as e:  # a run killed by its time limit leaves a partial file
+        runs[fam] = {"error": f"{type(e).__name__}: {e}"}
+json.dump({"runs": runs}, open(sys.argv[1], "w"), indent=1)
+EOF
+
+# 5. sanitizers
+: >"$out/sanitizer.log"
 if command -v compute-sanitizer >/dev/null; then
+  san_end=$(($(date +%s) + ${FULGUR_SANITIZER_BUDGET:-90}))
+  bins=()
+  for t in $gpu_targets; do
+    bin=$(find build-gpu/tests -type f -name "$t" | head -1)
+    [ -n "$bin" ] && bins+=("$bin")
+  done
   for tool in memcheck racecheck; do
-    for t in $gpu_targets; do
-      bin=$(find build-gpu/tests -type f -name "$t" | head -1)
-      [ -n "$bin" ] || continue
+    for bin in "${bins[@]}"; do
+      t=$(basename "$bin")
+      remaining=$((san_end - $(date +%s)))
+      if [ "$remaining" -lt 5 ] || [ "$(left)" -lt 60 ]; then
+        row "compute-sanitizer $tool $t" "skipped (time budget)" 0
+        continue
+      fi
+      lim=$((remaining < ${FULGUR_SANITIZER_TIMEOUT:-60} ? remaining : ${FULGUR_SANITIZER_TIMEOUT:-60}))
       s=$(date +%s)
-      timeout "${FULGUR_SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 3 "$bin" >"$out/sanitizer_${tool}_${t}.log" 2>&1
+      echo "==== compute-sanitizer --tool $tool $t (limit $lim s)" >>"$out/sanitizer.log"
+      timeout "$lim" compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 3 "$bin" \
+        >>"$out/sanitizer.log" 2>&1
       r=$?
-      row "compute-sanitizer $tool $t" "$( [ $r = 0 ] && echo clean || echo "FAIL rc=$r")" $(($(date +%s) - s))
+      res=$( [ $r = 0 ] && echo clean || { [ $r = 124 ] && echo "time limit ($lim s), no finding before it" || echo "FAIL rc=$r"; })
+      row "compute-sanitizer $tool $t" "$res" $(($(date +%s) - s))
     done
   done
 fi
+
+# 6. peers
+s=$(date +%s)
+pb=$(($(left) - 45))
+if [ "$pb" -ge 20 ]; then
+  say "peers (budget $pb s)"
+  timeout $((pb + 40)) python3 bench/peers/run_peers.py --bench-dir build-gpu/bench --out "$out/peers.json" \
+    --budget "$pb" 2>&1 | tee -a "$out/run.log" | cut -c1-200
+  r=${PIPESTATUS[0]}
+  row "peers" "$( [ "$r" = 0 ] && echo ok || echo "rc=$r") ($(count '"peer"' "$out/peers.json") results, $(count '"WRONG"' "$out/peers.json") WRONG)" $(($(date +%s) - s))
+else
+  row "peers" "skipped (time budget)" 0
+fi
+
+# 7. comparison
+echo >>"$summary"
+python3 bench/compare.py --bench "$out/bench.json" --peers "$out/peers.json" --full "$summary" \
+  --header "## fulgur vs peers (times in us, mean over iterations; % floor = floor / time)" >"$scratch/short.md" 2>&1
 echo
-echo "total $(($(date +%s) - t0)) s; full logs in $out"
-cat "$out/header.txt" "$summary" >"$out/summary_full.md"
+echo "total $(elapsed) s; full results in $out"
+echo
+cat "$scratch/short.md"
