@@ -16,7 +16,7 @@
 #   4. the benchmarks (bench/common.cuh: CUDA events, L2 flush, rotated inputs, floor counters),
 #      JSON merged into bench.json;
 #   5. compute-sanitizer memcheck then racecheck over the GPU test binaries, within
-#      FULGUR_SANITIZER_BUDGET seconds (default 90) and FULGUR_SANITIZER_TIMEOUT per binary;
+#      FULGUR_SANITIZER_BUDGET seconds (default 60) and FULGUR_SANITIZER_TIMEOUT per binary;
 #      --report-api-errors no: the API contract tests provoke failing calls on purpose and check
 #      the returned codes themselves;
 #   6. the peers (bench/peers/run_peers.py: PyTorch compositions, fla, OpenNLPLab lightning_attn
@@ -209,7 +209,7 @@ EOF
 # 5. sanitizers
 : >"$out/sanitizer.log"
 if command -v compute-sanitizer >/dev/null; then
-  san_end=$(($(date +%s) + ${FULGUR_SANITIZER_BUDGET:-90}))
+  san_end=$(($(date +%s) + ${FULGUR_SANITIZER_BUDGET:-60}))
   bins=()
   for t in $gpu_targets; do
     bin=$(find build-gpu/tests -type f -name "$t" | head -1)

@@ -170,8 +170,10 @@ def run_case(case: Case, ctx) -> list[dict]:
     gen = torch.Generator(device=dev).manual_seed(99)
     copies = ctx.timer.copies(case.bytes)
     try:
-        logits = [torch.randn(T, E, device=dev, generator=gen) for _ in range(copies)]
+        # bias and the first copy's logits first: ids0 (and the cached reference maps) must not
+        # depend on the copy count, which differs between the ops of one (model, T)
         bias = torch.randn(E, device=dev, generator=gen) * 0.1 if model == "deepseek_v3" else None
+        logits = [torch.randn(T, E, device=dev, generator=gen) for _ in range(copies)]
         w0, ids0 = torch_route(torch, logits[0], bias, model, k)
         ids = [torch_route(torch, lg, bias, model, k)[1] for lg in logits]
         note = ""

@@ -54,11 +54,59 @@ class Context:
             except Exception as e:  # ImportError, or a package that fails on import
                 self._avail[peer] = f"{mod} not importable ({type(e).__name__}: {str(e)[:120]})"
 
+    def prune_fla_autotune(self, keep: int) -> int:
+        """fla's kernels autotune over up to ~50 configs each; on a fresh machine that alone can take
+        minutes of the GPU check. Keep `keep` configs per kernel (num_warps 4 or 8, num_stages 2 or
+        3, then the largest tiles), unless FULGUR_PEER_FLA_FULL_AUTOTUNE=1. Returns kernels pruned."""
+        if keep <= 0:
+            return 0
+        try:
+            from triton.runtime.autotuner import Autotuner
+        except Exception:
+            return 0
+        pruned = 0
+        for name, mod in list(sys.modules.items()):
+            if not name.startswith("fla.ops") or mod is None:
+                continue
+            for top in list(vars(mod).values()):
+                obj, depth = top, 0
+                while obj is not None and not isinstance(obj, Autotuner) and depth < 4:  # under @heuristics
+                    obj, depth = getattr(obj, "fn", None), depth + 1
+                if isinstance(obj, Autotuner) and len(obj.configs) > keep:
+                    def score(c):
+                        tiles = sum(v for v in c.kwargs.values() if isinstance(v, int))
+                        return (c.num_warps in (4, 8) and c.num_stages in (2, 3), tiles, -c.num_stages)
+                    obj.configs = sorted(obj.configs, key=score, reverse=True)[:keep]
+                    pruned += 1
+        return pruned
+
     def available(self, peer: str) -> bool:
         return self._avail.get(peer) is None
 
     def why_not(self, peer: str) -> str:
         return self._avail.get(peer) or ""
+
+
+# Shapes measured first, so a run cut short by its budget still covers every family at the
+# shapes that matter most (MiniMax TP8 prefill and decode at batch 64, MoE at 8K tokens, token
+# drop at batch 16); then the rest, families interleaved, cheapest first.
+HEADLINE = (r"lightning\.prefill/H=64/d=128/N=32768/seqs=1$", r"lightning\.prefill/H=8/d=128/N=32768/seqs=1$",
+            r"lightning\.decode/H=64/d=128/B=64$", r"moe\.[a-z]+/.*/T=8192$", r"token_drop\.[a-z]+/.*/B=16$")
+
+
+def prioritized(cases):
+    head = [c for c in cases if any(re.search(h, c.name) for h in HEADLINE)]
+    rest = {}
+    for c in cases:
+        if c not in head:
+            rest.setdefault(c.family, []).append(c)
+    queues = [sorted(v, key=lambda c: c.bytes) for v in rest.values()]
+    out = list(head)
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
 
 
 def main() -> int:
@@ -122,6 +170,11 @@ def main() -> int:
     ctx.probe()
     for peer in OPTIONAL:
         print(f"peers: {peer}: {'available' if ctx.available(peer) else ctx.why_not(peer)}", flush=True)
+    if os.environ.get("FULGUR_PEER_FLA_FULL_AUTOTUNE", "0") != "1":
+        n = ctx.prune_fla_autotune(int(os.environ.get("FULGUR_PEER_FLA_CONFIGS", "4")))
+        context["fla_autotune"] = f"pruned to {os.environ.get('FULGUR_PEER_FLA_CONFIGS', '4')} configs in {n} kernels"
+        print(f"peers: fla autotune: {context['fla_autotune']} (FULGUR_PEER_FLA_FULL_AUTOTUNE=1 for all)", flush=True)
+    cases = prioritized(cases)
     if device.type == "cuda":
         context["device"] = torch.cuda.get_device_name(device)
         context["triton"] = getattr(importlib.import_module("triton"), "__version__", None) if importlib.util.find_spec(
