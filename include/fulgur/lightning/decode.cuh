@@ -123,7 +123,12 @@ struct DecodeKernel {
     stage(sv, v, kD, p.silu_qkv, tid, threads);  // all of v: 2d bytes, simpler than slicing
     if (__syncthreads_or(bad)) return;
 
-    const float lambda = exp2f(-p.slopes[h] * kLog2e);
+    // lambda = exp(-s) in fp64, applied as hi + lo: decode multiplies a state entry by it once per
+    // token for as long as the entry lives, so a one-sided fp32 error would compound into a
+    // relative drift of 2^-24 / (1 - lambda), 1e-3 at the slowest MiniMax slope.
+    const double lambda_d = exp(-static_cast<double>(p.slopes[h]));
+    const float lambda = static_cast<float>(lambda_d);
+    const float lambda_lo = static_cast<float>(lambda_d - static_cast<double>(lambda));
     if (!kVK) {
       // S[i][j] = lambda S[i][j] + k_i v_j for this thread's rows i and columns j = 4 chunk + e.
       const int r = row_of[0];
@@ -134,10 +139,10 @@ struct DecodeKernel {
         const int i = row_of[kk];
         const float ki = sk[i], qi = sq[i];
         float4 s = st[kk];
-        s.x = fmaf(lambda, s.x, ki * vj.x);
-        s.y = fmaf(lambda, s.y, ki * vj.y);
-        s.z = fmaf(lambda, s.z, ki * vj.z);
-        s.w = fmaf(lambda, s.w, ki * vj.w);
+        s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, ki * vj.x));
+        s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, ki * vj.y));
+        s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, ki * vj.z));
+        s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, ki * vj.w));
         __stcs(reinterpret_cast<float4*>(S + int64_t{i} * kD + 4 * chunk), s);
         acc.x = fmaf(qi, s.x, acc.x);
         acc.y = fmaf(qi, s.y, acc.y);
@@ -166,10 +171,10 @@ struct DecodeKernel {
         const int j = row_of[kk];
         const float vj = sv[j];
         float4 s = st[kk];
-        s.x = fmaf(lambda, s.x, vj * ki.x);
-        s.y = fmaf(lambda, s.y, vj * ki.y);
-        s.z = fmaf(lambda, s.z, vj * ki.z);
-        s.w = fmaf(lambda, s.w, vj * ki.w);
+        s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, vj * ki.x));
+        s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, vj * ki.y));
+        s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, vj * ki.z));
+        s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, vj * ki.w));
         __stcs(reinterpret_cast<float4*>(S + int64_t{j} * kD + 4 * chunk), s);
         float part = qi.x * s.x;
         part = fmaf(qi.y, s.y, part);

@@ -17,11 +17,6 @@ namespace detail {
 
 #if defined(__CUDACC__) || defined(FULGUR_EMULATE)
 
-/// log2(e): lambda^e = exp(-s e) = exp2(-s log2(e) e). Kernels form c = s * kLog2e once per head
-/// and then only ever evaluate exp2(-c * e) with e >= 0, a value in (0, 1]: never a positive
-/// exponent, so nothing overflows however small lambda or long the block (the spec's rule).
-constexpr float kLog2e = 1.4426950408889634f;
-
 FULGUR_DEVICE FULGUR_FORCEINLINE float silu(float x) { return x / (1.f + __expf(-x)); }
 
 FULGUR_DEVICE FULGUR_FORCEINLINE float bf16_bits_to_float(uint32_t bits16) { return __uint_as_float(bits16 << 16); }

@@ -144,7 +144,8 @@ struct PrefillKernel {
     __nv_bfloat16* k;
     __nv_bfloat16* v;
     __nv_bfloat16* p;
-    float* decay;  // decay[e] = lambda^e, e in [0, kBlock]
+    float* decay;     // decay[e] = lambda^e rounded to fp32, e in [0, kBlock]
+    float* decay_lo;  // decay_lo[e] = lambda^e - decay[e] (the block decay is applied as hi + lo)
   };
 
   /// Raw input chunks of one block, in registers: [tensor q/k/v][chunk].
@@ -341,6 +342,7 @@ struct PrefillKernel {
     s.v = s.k + kTerms * kTermStride;
     s.p = s.v + kTerms * kTermStride;
     s.decay = reinterpret_cast<float*>(s.p + 2 * kPTermStride);
+    s.decay_lo = s.decay + kBlock + 1;
 
     const int64_t row0 = p.cu_seqlens[b];
     const int64_t n = p.cu_seqlens[b + 1] - row0;
@@ -357,9 +359,17 @@ struct PrefillKernel {
     int64_t ckpt_row0 = 0;
     if (checkpointing) ckpt_row0 = extra.ckpt_base != nullptr ? extra.ckpt_base[b] : p.checkpoint_offsets[b];
 
-    // lambda^e for e in [0, kBlock]: exp2(-c e) with c = s log2(e) >= 0, never a positive exponent.
-    const float c = p.slopes[h] * kLog2e;
-    for (int e = tid; e <= kBlock; e += kThreads) s.decay[e] = exp2f(-c * static_cast<float>(e));
+    // lambda^e = exp(-s e) for e in [0, kBlock], never a positive exponent, evaluated in fp64 once
+    // per CTA and rounded to fp32 (hi) with the rounding error kept (lo). Only the block decay
+    // lambda^m compounds (a state entry is multiplied by it once per block it survives), so only
+    // it is applied as hi + lo: a one-sided fp32 error in it would grow into a relative drift of
+    // 2^-24 / (1 - lambda^64), 2e-5 at the slowest MiniMax slope (docs/lightning.md).
+    for (int e = tid; e <= kBlock; e += kThreads) {
+      const double x = exp(-static_cast<double>(p.slopes[h]) * e);
+      const float hi = static_cast<float>(x);
+      s.decay[e] = hi;
+      s.decay_lo[e] = static_cast<float>(x - static_cast<double>(hi));
+    }
 
     float sacc[kD / 8][4];
     if (read_initial) {
@@ -488,11 +498,11 @@ struct PrefillKernel {
       }
 
       // ---- S^T = lambda^m S^T + (V * k_decay)^T K for this warp's 16 dv rows ----
-      const float block_decay = s.decay[m];
+      const float block_decay = s.decay[m], block_decay_lo = s.decay_lo[m];
 #pragma unroll
       for (int nd = 0; nd < kD / 8; ++nd)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) sacc[nd][i] *= block_decay;
+        for (int i = 0; i < 4; ++i) sacc[nd][i] = fmaf(sacc[nd][i], block_decay, sacc[nd][i] * block_decay_lo);
 #pragma unroll
       for (int ks = 0; ks < kBlock / 16; ++ks) {
         if (16 * ks >= m) continue;

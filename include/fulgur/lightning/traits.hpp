@@ -54,10 +54,11 @@ struct PrefillTile {
   static constexpr int kKeysPerWarp = kBlock / kColGroups;
   static constexpr int kScoreTiles = kKeysPerWarp / 8;  // n8 tiles per warp
   /// Shared memory: Q, K, V as kTerms bf16 terms each (1 for bf16 inputs, 2 when the inputs need
-  /// a hi + lo split to keep their precision), P as two terms, and the decay table
-  /// lambda^0..lambda^kBlock.
+  /// a hi + lo split to keep their precision), P as two terms, and the decay tables
+  /// lambda^0..lambda^kBlock (hi and lo).
   static constexpr size_t smem_bytes(int terms) {
-    return (static_cast<size_t>(terms) * 3 * kBlock * kPitch + 2 * kBlock * kPPitch) * 2 + 80 * sizeof(float);
+    return (static_cast<size_t>(terms) * 3 * kBlock * kPitch + 2 * kBlock * kPPitch) * 2 +
+           2 * (kBlock + 1) * sizeof(float);
   }
 };
 
