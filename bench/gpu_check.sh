@@ -151,18 +151,25 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   fi
 fi
 
-# 2. build
+# 2. build (FULGUR_GPU_CHECK_PREBUILT=DIR: use DIR's binaries as they are, to test this script)
 s=$(date +%s)
-gen=()
-[ -f build-gpu/CMakeCache.txt ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
-say "configure and build (sm_$arch, $jobs jobs)"
-cmake -S . -B build-gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
-  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFULGUR_BENCH_ARCHITECTURES="$arch" -DFULGUR_BUILD_EXAMPLES=OFF \
-  -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1
-harness=$(grep -oE 'benchmarks use [^:]*' "$out/build.log" | head -1)
-gpu_targets=$(cmake --build build-gpu --target help 2>/dev/null | grep -oE '\b(test|bench)_[a-z0-9_]*_gpu\b' | sort -u | tr '\n' ' ')
-bench_targets=$(cmake --build build-gpu --target help 2>/dev/null | grep -oE '\bbench_(lightning|moe|token_drop)\b' | sort -u | tr '\n' ' ')
-if timeout $(($(left) > 120 ? $(left) - 60 : 60)) cmake --build build-gpu -j "$jobs" --target $gpu_targets $bench_targets \
+bdir=${FULGUR_GPU_CHECK_PREBUILT:-build-gpu}
+gpu_targets=""
+bench_targets=""
+if [ -z "${FULGUR_GPU_CHECK_PREBUILT:-}" ]; then
+  gen=()
+  [ -f build-gpu/CMakeCache.txt ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
+  say "configure and build (sm_$arch, $jobs jobs)"
+  cmake -S . -B build-gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
+    -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFULGUR_BENCH_ARCHITECTURES="$arch" -DFULGUR_BUILD_EXAMPLES=OFF \
+    -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1
+fi
+harness=$(grep -oE 'benchmarks use [^:]*' "$out/build.log" 2>/dev/null | head -1)
+gpu_targets=$(cmake --build "$bdir" --target help 2>/dev/null | grep -oE '\b(test|bench)_[a-z0-9_]*_gpu\b' | sort -u | tr '\n' ' ')
+bench_targets=$(cmake --build "$bdir" --target help 2>/dev/null | grep -oE '\bbench_(lightning|moe|token_drop)\b' | sort -u | tr '\n' ' ')
+if [ -n "${FULGUR_GPU_CHECK_PREBUILT:-}" ]; then
+  row build "prebuilt $bdir" 0
+elif timeout $(($(left) > 120 ? $(left) - 60 : 60)) cmake --build build-gpu -j "$jobs" --target $gpu_targets $bench_targets \
   >>"$out/build.log" 2>&1; then
   row build "ok ($gpu_targets$bench_targets; $harness)" $(($(date +%s) - s))
 else
@@ -174,7 +181,7 @@ fi
 # 3. tests
 s=$(date +%s)
 say "GPU tests"
-(cd build-gpu && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
+(cd "$bdir" && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
 rc=$?
 row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo "FAIL rc=$rc") ($(grep -E 'tests passed' "$out/tests.log" | tail -1))" $(($(date +%s) - s))
 
@@ -182,7 +189,7 @@ row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo "FAIL rc=$rc
 : >"$out/run.log"
 bench_json=()
 for fam in lightning moe token_drop; do
-  b=build-gpu/bench/bench_$fam
+  b=$bdir/bench/bench_$fam
   [ -x "$b" ] || { row "bench_$fam" "not built" 0; continue; }
   s=$(date +%s)
   lim=$(($(left) / 4 > 150 ? 150 : ($(left) / 4 < 30 ? 30 : $(left) / 4)))
@@ -212,7 +219,7 @@ if command -v compute-sanitizer >/dev/null; then
   san_end=$(($(date +%s) + ${FULGUR_SANITIZER_BUDGET:-60}))
   bins=()
   for t in $gpu_targets; do
-    bin=$(find build-gpu/tests -type f -name "$t" | head -1)
+    bin=$(find "$bdir/tests" -type f -name "$t" 2>/dev/null | head -1)
     [ -n "$bin" ] && bins+=("$bin")
   done
   for tool in memcheck racecheck; do
@@ -240,7 +247,7 @@ s=$(date +%s)
 pb=$(($(left) - 45))
 if [ "$pb" -ge 20 ]; then
   say "peers (budget $pb s)"
-  timeout $((pb + 40)) python3 bench/peers/run_peers.py --bench-dir build-gpu/bench --out "$out/peers.json" \
+  timeout $((pb + 40)) python3 bench/peers/run_peers.py --bench-dir "$bdir/bench" --out "$out/peers.json" \
     --budget "$pb" 2>&1 | tee -a "$out/run.log" | cut -c1-200
   r=${PIPESTATUS[0]}
   row "peers" "$( [ "$r" = 0 ] && echo ok || echo "rc=$r") ($(count '"peer"' "$out/peers.json") results, $(count '"WRONG"' "$out/peers.json") WRONG)" $(($(date +%s) - s))
