@@ -334,3 +334,47 @@ TEST_CASE("token_drop fused path: what it refuses, bad metadata writes nothing",
   }
   untouched(o);
 }
+
+#if !FULGUR_EMULATING
+TEST_CASE("token_drop launchers inside CUDA graph capture (GPU)", "[token_drop][fused][gpu]") {
+  // The launchers never allocate, synchronize or read device memory, so a captured graph of
+  // score -> select -> compact and of the fused path replays to the same outputs as direct calls.
+  fulgur_test::Rng rng("token_drop graph capture");
+  FULGUR_INFO_SEED(rng);
+  const Batch bt({{35 + 576 + 29, {{35, 576}}}, {70, {}}, {300, {{10, 100}, {150, 120}}}});
+  QK<__nv_bfloat16> qk(rng, 32, 8, 128, bt.batch(), bt.rows());
+  const Queries qs;
+  const Event ev(rng, bt, KeepRule::kFloorKeepRatio, 0.5, {}, PositionMode::kRenumber, 1, 512);
+  const EventOut direct = ev.run_separate(qk, qs, false);
+
+  EventOut sep = ev.make_out(), fused = ev.make_out();
+  ScoreParams sp, fsp;
+  SelectParams sel, fsel;
+  CompactParams cp, fcp;
+  ev.params(qk, qs, false, sep, sp, sel, cp);
+  ev.params(qk, qs, false, fused, fsp, fsel, fcp);
+  size_t score_bytes = 0, compact_bytes = 0, fused_bytes = 0;
+  REQUIRE(td::score(nullptr, score_bytes, sp, nullptr) == cudaSuccess);
+  REQUIRE(td::compact(nullptr, compact_bytes, cp, nullptr) == cudaSuccess);
+  REQUIRE(td::score_select_compact(nullptr, fused_bytes, fsp, fsel, fcp, nullptr) == cudaSuccess);
+  DeviceBuffer<unsigned char> ws1(score_bytes), ws2(compact_bytes), ws3(fused_bytes);
+  cudaStream_t stream;
+  REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
+  cudaGraph_t graph;
+  REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  CHECK(td::score(ws1.data(), score_bytes, sp, stream) == cudaSuccess);
+  CHECK(td::select(sel, stream) == cudaSuccess);
+  CHECK(td::compact(ws2.data(), compact_bytes, cp, stream) == cudaSuccess);
+  CHECK(td::score_select_compact(ws3.data(), fused_bytes, fsp, fsel, fcp, stream) == cudaSuccess);
+  REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+  cudaGraphExec_t exec;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  REQUIRE(cudaGraphLaunch(exec, stream) == cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  check_equal(direct, sep);
+  check_equal(direct, fused);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+#endif

@@ -96,7 +96,8 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
       for (int part = 0; part < nparts; ++part) {
         const int64_t j0 = part * plen, j1 = j0 + plen < n ? j0 + plen : n;
         score_part<T, V>(sp, g, b, row0, j0, j1, kvh, smem,
-                         parts + static_cast<int64_t>(kvh) * g.group * kScoreMaxParts + part, kScoreMaxParts);
+                         parts + static_cast<int64_t>(kvh) * g.group * kScoreMaxParts + part, kScoreMaxParts, nullptr,
+                         0, [](int64_t) -> int64_t { return -1; });
       }
     }
     int64_t token = tokens_before;
@@ -107,7 +108,7 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
         float acc = 0.0f;
         score_tile<T, V>(
             sp, g, b, pos, row0, l.span_start[s] + t0, count,
-            [parts](int h) { return parts + static_cast<int64_t>(h) * kScoreMaxParts; }, 1, smem, acc);
+            [parts](int h) { return parts + static_cast<int64_t>(h) * kScoreMaxParts; }, 1, smem, nullptr, 0, acc);
         if (tid < count) sp.scores[token + t0 + tid] = finish_score(sp, acc, 1);
       }
       token += len;

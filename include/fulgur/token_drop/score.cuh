@@ -13,10 +13,12 @@
 //      head and reduces them to (m, l) = (max, sum exp(logit - max)), online per lane group, then
 //      across groups in a fixed order.
 //   2. probabilities: grid (span, token split). Per tile of kScoreTile image tokens and per query
-//      row: lse from the parts (merged in part order), the tile's logits recomputed for all heads
-//      into shared memory, then one thread per token sums exp(logit - lse) over the heads in head
-//      order. Recomputing the image logits reads the image keys a second time (usually from L2)
-//      instead of storing an [H, N] logit slab per query row; docs/token_drop.md has the numbers.
+//      row: lse from the parts (merged in part order), the tile's logits for all heads, then one
+//      thread per token sums exp(logit - lse) over the heads in head order. With one query row
+//      per sequence (cu_queries == nullptr, inference) launch 1 also stores the image keys'
+//      logits, an [H, num_image_tokens] fp32 slab in the workspace, and launch 2 reads them; with
+//      several query rows per sequence (whose count is device data) launch 2 recomputes them into
+//      shared memory, reading the image keys a second time.
 //
 // Every floating-point operation whose result reaches a score is written out (fmaf, __fmul_rn,
 // fixed shuffle trees, sequential merges), so the fused kernel (fused.cuh), which runs the same
@@ -24,9 +26,9 @@
 // choice can differ between the two. Results never depend on the batch: parts, tiles and
 // reduction orders are functions of the sequence alone.
 //
-// Work: 2 d H (L_b + N_b) flops per query row (one dot per key and head, again per image key);
-// bytes: K read once for the causal row plus once more for the image keys, q read per tile, 4 N
-// bytes of scores written.
+// Work: 2 d H L_b flops per query row (one dot per key and head; again per image key when
+// recomputing); bytes: K read once for the causal row (plus the image keys again when
+// recomputing), 8 H N bytes of stored logits written and read, 4 N bytes of scores written.
 #pragma once
 
 #include <cmath>
@@ -138,11 +140,13 @@ FULGUR_HOST_DEVICE constexpr int64_t part_smem_floats(int group, int head_dim) {
 
 /// One block: statistics of query row `qrow` (packed index) over keys j0 <= j < j1 of its
 /// sequence (packed key row key_row0 + j) for the query heads of kv head `kvh`. Writes
-/// out[h_local * out_stride] for h_local < group (thread h_local). Starts and ends with a barrier
-/// so callers may loop it.
-template <typename T, int V>
+/// out[h_local * out_stride] for h_local < group (thread h_local). When `logits` is not null, the
+/// logit of every image key j (image_index(j) >= 0) is also stored, at logits[h * logit_stride +
+/// image_index(j)] for query head h. Starts and ends with a barrier so callers may loop it.
+template <typename T, int V, typename ImageIndex>
 FULGUR_DEVICE void score_part(const ScoreParams& p, const ScoreGeometry& g, int64_t qrow, int64_t key_row0, int64_t j0,
-                              int64_t j1, int kvh, float* smem, Stats* out, int64_t out_stride) {
+                              int64_t j1, int kvh, float* smem, Stats* out, int64_t out_stride, float* logits,
+                              int64_t logit_stride, ImageIndex image_index) {
   const int tid = static_cast<int>(threadIdx.x);
   const int d = g.head_dim;
   float* qs = smem;                                                                 // [group][d]
@@ -172,9 +176,15 @@ FULGUR_DEVICE void score_part(const ScoreParams& p, const ScoreGeometry& g, int6
       float acc[kHeadChunk];
       dot_heads<T, V>(krow, qs + h0 * d, d, lanes, lig, nh, valid, acc);
       if (valid) {
+        const int64_t image = logits != nullptr && lig == 0 ? image_index(j) : -1;
         FULGUR_UNROLL
-        for (int hh = 0; hh < kHeadChunk; ++hh)
-          if (hh < nh) stats_add(st[hh], __fmul_rn(acc[hh], g.scale));
+        for (int hh = 0; hh < kHeadChunk; ++hh) {
+          if (hh < nh) {
+            const float logit = __fmul_rn(acc[hh], g.scale);
+            stats_add(st[hh], logit);
+            if (image >= 0) logits[static_cast<int64_t>(kvh * g.group + h0 + hh) * logit_stride + image] = logit;
+          }
+        }
       }
     }
     if (lig == 0) {
@@ -210,10 +220,13 @@ FULGUR_DEVICE FULGUR_FORCEINLINE float round_half(float x) { return __half2float
 /// One block, one tile: the head-mean probability of tokens jt0 .. jt0 + count - 1 of a sequence
 /// (count <= kScoreTile, key rows key_row0 + j) for query row `qrow` at position `pos`, added to
 /// `acc` of thread t < count. `stats(h)` points at the row's part statistics of head h, parts
-/// `stride` apart. Starts and ends with a barrier.
+/// `stride` apart. The logits are recomputed, or, when `stored` is not null, read from
+/// stored[h * stored_stride + t] (written by score_part with the same operations: the same bits).
+/// Starts and ends with a barrier.
 template <typename T, int V, typename StatsOf>
 FULGUR_DEVICE void score_tile(const ScoreParams& p, const ScoreGeometry& g, int64_t qrow, int64_t pos, int64_t key_row0,
-                              int64_t jt0, int count, StatsOf stats, int64_t stride, float* smem, float& acc) {
+                              int64_t jt0, int count, StatsOf stats, int64_t stride, float* smem, const float* stored,
+                              int64_t stored_stride, float& acc) {
   const int tid = static_cast<int>(threadIdx.x);
   const int d = g.head_dim, H = g.heads;
   float* qs = smem;                               // [H][d]
@@ -223,7 +236,7 @@ FULGUR_DEVICE void score_tile(const ScoreParams& p, const ScoreGeometry& g, int6
   const T* k = static_cast<const T*>(p.k);
 
   __syncthreads();
-  for (int i = tid; i < H * d; i += kThreads) {
+  for (int i = tid; stored == nullptr && i < H * d; i += kThreads) {
     const int h = i / d, e = i - h * d;
     qs[i] = to_float(q[qrow * p.q_row_stride + static_cast<int64_t>(h) * p.q_head_stride + e]);
   }
@@ -236,7 +249,7 @@ FULGUR_DEVICE void score_tile(const ScoreParams& p, const ScoreGeometry& g, int6
   const int lanes = g.lanes;
   const int groups = kThreads / lanes;
   const int grp = tid / lanes, lig = tid - grp * lanes;
-  const int items = count * g.kv_heads;
+  const int items = stored == nullptr ? count * g.kv_heads : 0;
   for (int base = 0; base < items; base += groups) {
     const int item = base + grp;
     const bool valid = item < items;
@@ -259,7 +272,8 @@ FULGUR_DEVICE void score_tile(const ScoreParams& p, const ScoreGeometry& g, int6
   if (tid < count) {  // heads summed in head order (spec step 5), then the head mean
     float head_sum = 0.0f;
     for (int h = 0; h < H; ++h) {
-      float pr = expf(__fsub_rn(logit[h * kScoreTile + tid], lse[h]));
+      const float x = stored != nullptr ? stored[h * stored_stride + tid] : logit[h * kScoreTile + tid];
+      float pr = expf(__fsub_rn(x, lse[h]));
       if (p.fp16_compat) pr = round_half(pr);
       head_sum = __fadd_rn(head_sum, pr);
     }
@@ -287,13 +301,15 @@ FULGUR_DEVICE FULGUR_FORCEINLINE float finish_score(const ScoreParams& p, float 
 // Kernels.
 
 /// Launch 1: grid (num_queries * kScoreMaxParts, H_kv). Writes partials[(q * H + h) *
-/// kScoreMaxParts + part]. Reads only the metadata of its own query row, each value checked
-/// before use; a row the second launch would reject is simply skipped (that launch writes
-/// nothing then).
+/// kScoreMaxParts + part] and, when `logits` is given (one query row per sequence), the image
+/// keys' logits, logits[h * num_image_tokens + image token]. Reads only the metadata of its own
+/// query row, each value checked before use; a row the second launch would reject is simply
+/// skipped (that launch writes nothing then).
 template <typename T, int V>
 FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    score_partials_kernel(ScoreParams p, ScoreGeometry g, Stats* partials) {
+    score_partials_kernel(ScoreParams p, ScoreGeometry g, Stats* partials, float* logits) {
   FULGUR_DYNAMIC_SMEM(float, smem);
+  __shared__ typename BlockSum::TempStorage offset_storage;
   const BatchLayout& l = p.layout;
   const int64_t qi = static_cast<int64_t>(blockIdx.x) / kScoreMaxParts;
   const int part = static_cast<int>(blockIdx.x % kScoreMaxParts);
@@ -313,14 +329,27 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
   if (j0 >= n) return;
   const int64_t j1 = j0 + plen < n ? j0 + plen : n;
   Stats* out = partials + (qi * g.heads + static_cast<int64_t>(kvh) * g.group) * kScoreMaxParts + part;
-  score_part<T, V>(p, g, qi, r0, j0, j1, kvh, smem, out, kScoreMaxParts);
+  // Image token of key j: its span's offset in the packed scores plus its place in the span (a
+  // walk over the sequence's spans, usually one or two).
+  const int64_t first_token = logits != nullptr ? block_sum_prefix(l.span_length, s0, offset_storage) : 0;
+  const BatchLayout* lp = &l;
+  auto image_index = [lp, s0, s1, first_token](int64_t j) -> int64_t {
+    int64_t offset = first_token;
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t start = lp->span_start[s], len = lp->span_length[s];
+      if (j >= start && j - start < len) return offset + (j - start);
+      offset += len;
+    }
+    return -1;
+  };
+  score_part<T, V>(p, g, qi, r0, j0, j1, kvh, smem, out, kScoreMaxParts, logits, l.num_image_tokens, image_index);
 }
 
 /// Launch 2: grid (num_spans, splits). Block (s, y) scores the tokens of span s in its y-th share
 /// of the span's tiles.
 template <typename T, int V>
 FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    score_probs_kernel(ScoreParams p, ScoreGeometry g, const Stats* partials) {
+    score_probs_kernel(ScoreParams p, ScoreGeometry g, const Stats* partials, const float* logits) {
   FULGUR_DYNAMIC_SMEM(float, smem);
   __shared__ CheckStorage check_storage;
   __shared__ typename BlockSum::TempStorage offset_storage;
@@ -354,7 +383,8 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
       const Stats* row = partials + qi * g.heads * kScoreMaxParts;
       score_tile<T, V>(
           p, g, qi, pos, row0, l.span_start[s] + t0, count,
-          [row](int h) { return row + static_cast<int64_t>(h) * kScoreMaxParts; }, 1, smem, acc);
+          [row](int h) { return row + static_cast<int64_t>(h) * kScoreMaxParts; }, 1, smem,
+          logits != nullptr ? logits + token_offset + t0 : nullptr, l.num_image_tokens, acc);
     }
     if (static_cast<int>(threadIdx.x) < count)
       p.scores[token_offset + t0 + threadIdx.x] = finish_score(p, acc, q1 - q0);
@@ -388,21 +418,32 @@ inline unsigned score_splits(const ScoreParams& p) {
 }
 
 template <typename T, int V>
-cudaError_t launch_score(const ScoreParams& p, Stats* partials, cudaStream_t stream) {
+cudaError_t launch_score(const ScoreParams& p, Stats* partials, float* logits, cudaStream_t stream) {
   const ScoreGeometry g = make_geometry(p, V);
   if (p.num_queries > 0) {  // no query rows: launch 2 rejects the batch (images need queries)
     const dim3 grid1(static_cast<unsigned>(p.num_queries * kScoreMaxParts), static_cast<unsigned>(p.num_kv_heads));
     const cudaError_t e = ::fulgur::detail::launch(score_partials_kernel<T, V>, grid1, dim3(kThreads),
-                                                   score_partials_smem(p), stream, p, g, partials);
+                                                   score_partials_smem(p), stream, p, g, partials, logits);
     if (e != cudaSuccess) return e;
   }
   const dim3 grid2(static_cast<unsigned>(p.layout.num_spans), score_splits(p));
   return ::fulgur::detail::launch(score_probs_kernel<T, V>, grid2, dim3(kThreads), score_tile_smem(p), stream, p, g,
-                                  static_cast<const Stats*>(partials));
+                                  static_cast<const Stats*>(partials), static_cast<const float*>(logits));
 }
 
-inline void carve_score_workspace(::fulgur::detail::WorkspaceCarver& c, const ScoreParams& p, Stats** partials) {
+/// The image logits are kept (launch 2 then reads them instead of recomputing them from K) when
+/// every sequence has exactly one query row: an [H, num_image_tokens] fp32 slab whose size the
+/// host knows. With several query rows per sequence their number per sequence is device data, so
+/// launch 2 recomputes.
+inline bool score_stores_logits(const ScoreParams& p) { return p.cu_queries == nullptr; }
+
+inline void carve_score_workspace(::fulgur::detail::WorkspaceCarver& c, const ScoreParams& p, Stats** partials,
+                                  float** logits) {
   *partials = c.take<Stats>(static_cast<size_t>(p.num_queries) * static_cast<size_t>(p.num_heads) * kScoreMaxParts);
+  *logits = nullptr;
+  if (score_stores_logits(p)) {
+    *logits = c.take<float>(static_cast<size_t>(p.num_heads) * static_cast<size_t>(p.layout.num_image_tokens));
+  }
 }
 
 }  // namespace detail
@@ -430,17 +471,19 @@ inline Status can_implement(const ScoreParams& p) {
 }
 
 /// Scores every image token of the batch (see the top of this file). CUB-style workspace: with
-/// workspace == nullptr only workspace_bytes is set (num_queries * num_heads * 32 * 8 bytes,
-/// 256-byte aligned). Returns cudaErrorInvalidValue for bad arguments (nothing launched),
-/// cudaErrorNotSupported for a configuration not compiled in. Metadata that validate() would
-/// reject (a span outside its sequence, a query before the end of its image) cannot be seen by the
-/// host: the kernels then write nothing (scores keep their previous contents).
+/// workspace == nullptr only workspace_bytes is set (num_queries * num_heads * 32 * 8 bytes of
+/// partials, plus num_heads * num_image_tokens * 4 bytes of logits when cu_queries is null; each
+/// rounded up to 256 bytes); the workspace must be 16-byte aligned. Returns cudaErrorInvalidValue for bad arguments
+/// (nothing launched), cudaErrorNotSupported for a configuration not compiled in. Metadata that validate() would reject
+/// (a span outside its sequence, a query before the end of its image) cannot be seen by the host: the kernels then
+/// write nothing (scores keep their previous contents).
 inline cudaError_t score(void* workspace, size_t& workspace_bytes, const ScoreParams& p, cudaStream_t stream) {
   const Status st = can_implement(p);
   if (!st) return st.code();
   ::fulgur::detail::WorkspaceCarver sizing(nullptr);
   detail::Stats* partials = nullptr;
-  detail::carve_score_workspace(sizing, p, &partials);
+  float* logits = nullptr;
+  detail::carve_score_workspace(sizing, p, &partials, &logits);
   if (workspace == nullptr) {
     workspace_bytes = sizing.bytes();
     return cudaSuccess;
@@ -449,11 +492,11 @@ inline cudaError_t score(void* workspace, size_t& workspace_bytes, const ScorePa
     return cudaErrorInvalidValue;
   if (p.layout.num_image_tokens == 0) return cudaSuccess;  // nothing to score
   ::fulgur::detail::WorkspaceCarver carver(workspace);
-  detail::carve_score_workspace(carver, p, &partials);
+  detail::carve_score_workspace(carver, p, &partials, &logits);
   return FULGUR_DISPATCH_DTYPE(p.dtype, T, {
     if (detail::score_vec<T>(p) > 1)
-      return detail::launch_score<T, static_cast<int>(16 / sizeof(T))>(p, partials, stream);
-    return detail::launch_score<T, 1>(p, partials, stream);
+      return detail::launch_score<T, static_cast<int>(16 / sizeof(T))>(p, partials, logits, stream);
+    return detail::launch_score<T, 1>(p, partials, logits, stream);
   });
 }
 
