@@ -51,7 +51,7 @@ std::vector<int32_t> seq_lengths(int64_t N, int seqs, bool varlen) {
 Cost prefill_cost(int H, int64_t N, int num_seqs) {
   Cost c;
   c.flops = static_cast<double>(N) * H * (4.0 * kBlock * kD + 4.0 * kD * kD);
-  c.bytes = static_cast<double>(N) * H * (4.0 * kD * 2.0)      // q, k, v read, o written, bf16
+  c.bytes = static_cast<double>(N) * H * (4.0 * kD * 2.0)               // q, k, v read, o written, bf16
             + static_cast<double>(num_seqs) * H * kD * kD * 4.0 * 2.0;  // fp32 state in and out
   return c;
 }
@@ -137,7 +137,6 @@ void bench_prefill(benchmark::State& st, int H, int64_t N, int seqs, bool varlen
   });
 }
 
-
 void bench_decode(benchmark::State& st, int H, int64_t B) {
 #if FULGUR_BENCH_HAVE_DECODE
   const Cost cost = decode_cost(H, B);
@@ -186,8 +185,7 @@ void register_all() {
       for (int seqs : {1, 4}) {
         const std::string name = "lightning.prefill/H=" + std::to_string(H) + "/d=128/N=" + std::to_string(N) +
                                  "/seqs=" + std::to_string(seqs);
-        add(name, prefill_cost(H, N, seqs),
-            [H, N, seqs](benchmark::State& s) { bench_prefill(s, H, N, seqs, false); });
+        add(name, prefill_cost(H, N, seqs), [H, N, seqs](benchmark::State& s) { bench_prefill(s, H, N, seqs, false); });
       }
     }
     const int64_t N = 32768;
@@ -195,7 +193,8 @@ void register_all() {
     std::string extra = "lens=";
     for (size_t i = 0; i < lens.size(); ++i) extra += (i ? "," : "") + std::to_string(lens[i]);
     const int nv = static_cast<int>(lens.size());
-    add("lightning.prefill/H=" + std::to_string(H) + "/d=128/N=32768/seqs=varlen" + std::to_string(nv),
+    add(
+        "lightning.prefill/H=" + std::to_string(H) + "/d=128/N=32768/seqs=varlen" + std::to_string(nv),
         prefill_cost(H, N, nv), [H, N](benchmark::State& s) { bench_prefill(s, H, N, 0, true); }, extra);
   }
   for (int H : {8, 64}) {

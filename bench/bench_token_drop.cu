@@ -48,9 +48,9 @@ Cost score_cost(const Model& m, int64_t B) {
   Cost c;
   const double L = static_cast<double>(m.seq_len());
   c.bytes = B * (L * m.kv_heads * m.head_dim * 2.0  // every key of the causal row, read once
-                 + m.heads * m.head_dim * 2.0         // the query row
-                 + m.image * 4.0);                    // fp32 scores out
-  c.flops = B * 2.0 * m.heads * L * m.head_dim;       // q . k over the row (softmax, mean: O(H L))
+                 + m.heads * m.head_dim * 2.0       // the query row
+                 + m.image * 4.0);                  // fp32 scores out
+  c.flops = B * 2.0 * m.heads * L * m.head_dim;     // q . k over the row (softmax, mean: O(H L))
   return c;
 }
 Cost select_cost(const Model& m, int64_t B) {
@@ -62,10 +62,10 @@ Cost compact_cost(const Model& m, int64_t B) {
   const double kept_rows = static_cast<double>(m.seq_len() - m.image + keep_of(m));  // L' per sequence
   const int P = m.mrope ? 3 : 1;
   Cost c;
-  c.bytes = B * (2.0 * kept_rows * m.hidden * 2.0            // kept hidden rows read and written
+  c.bytes = B * (2.0 * kept_rows * m.hidden * 2.0           // kept hidden rows read and written
                  + P * kept_rows * 8.0 * (m.mrope ? 2 : 1)  // positions written (and read when kept)
-                 + keep_of(m) * 8.0)                         // kept indices read
-            + 2.0 * (B + 1) * 8.0;                           // cu_seqlens in, new cu_seqlens out
+                 + keep_of(m) * 8.0)                        // kept indices read
+            + 2.0 * (B + 1) * 8.0;                          // cu_seqlens in, new cu_seqlens out
   return c;
 }
 Cost fused_cost(const Model& m, int64_t B) {

@@ -91,14 +91,14 @@ constexpr int kMaxIters = 200;
 // ---- errors ------------------------------------------------------------------------------------
 
 /// Skips the benchmark with the CUDA error's text (the run goes on with the next benchmark).
-#define FULGUR_BENCH_CHECK(state, expr)                                                               \
-  do {                                                                                                \
-    const cudaError_t fulgur_bench_e_ = (expr);                                                       \
-    if (fulgur_bench_e_ != cudaSuccess) {                                                             \
+#define FULGUR_BENCH_CHECK(state, expr)                                                                    \
+  do {                                                                                                     \
+    const cudaError_t fulgur_bench_e_ = (expr);                                                            \
+    if (fulgur_bench_e_ != cudaSuccess) {                                                                  \
       const std::string fulgur_bench_m_ = std::string(#expr) + ": " + cudaGetErrorString(fulgur_bench_e_); \
-      (state).SkipWithError(fulgur_bench_m_.c_str());                                                 \
-      return;                                                                                         \
-    }                                                                                                 \
+      (state).SkipWithError(fulgur_bench_m_.c_str());                                                      \
+      return;                                                                                              \
+    }                                                                                                      \
   } while (0)
 
 // ---- device memory and inputs ------------------------------------------------------------------

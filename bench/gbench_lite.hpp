@@ -273,7 +273,8 @@ inline void Initialize(int* argc, char** argv) {
 }
 
 inline bool ReportUnrecognizedArguments(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) std::fprintf(stderr, "%s: error: unrecognized command-line flag: %s\n", argv[0], argv[i]);
+  for (int i = 1; i < argc; ++i)
+    std::fprintf(stderr, "%s: error: unrecognized command-line flag: %s\n", argv[0], argv[i]);
   return argc > 1;
 }
 
@@ -304,7 +305,8 @@ inline size_t RunSpecifiedBenchmarks() {
     const auto t0 = std::chrono::steady_clock::now();
     b->fn_(st);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    lite::Result res{name, family - 1, st.done_, 0.0, 0.0, b->unit_, st.counters, st.error_, st.error_message_, st.label_};
+    lite::Result res{name,        family - 1, st.done_,          0.0,      0.0, b->unit_,
+                     st.counters, st.error_,  st.error_message_, st.label_};
     const int64_t n = st.done_ > 0 ? st.done_ : 1;
     const double per_iter = b->manual_ ? st.manual_seconds_ / n : wall / n;
     res.real_time = per_iter * lite::unit_scale(b->unit_);

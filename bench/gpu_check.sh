@@ -15,8 +15,10 @@
 #      the arch layer's hardware-versus-emulation checks);
 #   4. the benchmarks (bench/common.cuh: CUDA events, L2 flush, rotated inputs, floor counters),
 #      JSON merged into bench.json;
-#   5. compute-sanitizer memcheck then racecheck over the GPU test binaries, within
-#      FULGUR_SANITIZER_BUDGET seconds (default 60) and FULGUR_SANITIZER_TIMEOUT per binary;
+#   5. compute-sanitizer memcheck then racecheck over a subset of the GPU test binaries (one or two
+#      per family: FULGUR_SANITIZER_TESTS, a regex), within FULGUR_SANITIZER_BUDGET seconds (default
+#      90) shared equally, at most FULGUR_SANITIZER_TIMEOUT (60) per run; raise both (and
+#      FULGUR_GPU_CHECK_BUDGET) for a sanitizer-focused call;
 #      --report-api-errors no: the API contract tests provoke failing calls on purpose and check
 #      the returned codes themselves;
 #   6. the peers (bench/peers/run_peers.py: PyTorch compositions, fla, OpenNLPLab lightning_attn
@@ -213,32 +215,44 @@ for arg in sys.argv[2:]:
 json.dump({"runs": runs}, open(sys.argv[1], "w"), indent=1)
 EOF
 
-# 5. sanitizers
+# 5. sanitizers: memcheck over the subset, then racecheck, each run given an equal share of what is
+# left of the budget (at most FULGUR_SANITIZER_TIMEOUT); a run cut by its limit is reported as such.
 : >"$out/sanitizer.log"
 if command -v compute-sanitizer >/dev/null; then
-  san_end=$(($(date +%s) + ${FULGUR_SANITIZER_BUDGET:-60}))
+  sb=${FULGUR_SANITIZER_BUDGET:-90}
+  [ "$sb" -gt $(($(left) * 2 / 5)) ] && sb=$(($(left) * 2 / 5))  # leave the peers their share
+  san_end=$(($(date +%s) + sb))
+  pattern=${FULGUR_SANITIZER_TESTS:-'^test_(primitives|lightning_prefill|lightning_decode|moe_route|moe_permute|moe_dispatch|token_drop_fused)_gpu$'}
   bins=()
   for t in $gpu_targets; do
+    echo "$t" | grep -qE "$pattern" || continue
     bin=$(find "$bdir/tests" -type f -name "$t" 2>/dev/null | head -1)
     [ -n "$bin" ] && bins+=("$bin")
   done
+  runs=()
   for tool in memcheck racecheck; do
-    for bin in "${bins[@]}"; do
-      t=$(basename "$bin")
-      remaining=$((san_end - $(date +%s)))
-      if [ "$remaining" -lt 5 ] || [ "$(left)" -lt 60 ]; then
-        row "compute-sanitizer $tool $t" "skipped (time budget)" 0
-        continue
-      fi
-      lim=$((remaining < ${FULGUR_SANITIZER_TIMEOUT:-60} ? remaining : ${FULGUR_SANITIZER_TIMEOUT:-60}))
-      s=$(date +%s)
-      echo "==== compute-sanitizer --tool $tool $t (limit $lim s)" >>"$out/sanitizer.log"
-      timeout "$lim" compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 3 "$bin" \
-        >>"$out/sanitizer.log" 2>&1
-      r=$?
-      res=$( [ $r = 0 ] && echo clean || { [ $r = 124 ] && echo "time limit ($lim s), no finding before it" || echo "FAIL rc=$r"; })
-      row "compute-sanitizer $tool $t" "$res" $(($(date +%s) - s))
-    done
+    for bin in "${bins[@]}"; do runs+=("$tool:$bin"); done
+  done
+  i=0
+  for run in "${runs[@]}"; do
+    tool=${run%%:*}
+    bin=${run#*:}
+    t=$(basename "$bin")
+    i=$((i + 1))
+    remaining=$((san_end - $(date +%s)))
+    share=$((remaining / (${#runs[@]} - i + 1)))
+    lim=$((share < ${FULGUR_SANITIZER_TIMEOUT:-60} ? share : ${FULGUR_SANITIZER_TIMEOUT:-60}))
+    if [ "$lim" -lt 5 ] || [ "$(left)" -lt 60 ]; then
+      row "compute-sanitizer $tool $t" "skipped (time budget)" 0
+      continue
+    fi
+    s=$(date +%s)
+    echo "==== compute-sanitizer --tool $tool $t (limit $lim s)" >>"$out/sanitizer.log"
+    timeout "$lim" compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 3 "$bin" \
+      >>"$out/sanitizer.log" 2>&1
+    r=$?
+    res=$( [ $r = 0 ] && echo clean || { [ $r = 124 ] && echo "stopped at its $lim s limit, no finding before it" || echo "FAIL rc=$r"; })
+    row "compute-sanitizer $tool $t" "$res" $(($(date +%s) - s))
   done
 fi
 

@@ -27,25 +27,34 @@ int runs_a = 0, runs_b = 0;
 
 int main(int argc, char** argv) {
   const std::string out = argc > 1 ? argv[1] : "lite_selftest.json";
-  benchmark::RegisterBenchmark("fam.a/x=1", [](benchmark::State& s) {
-    ++runs_a;
-    for (auto _ : s) s.SetIterationTime(2e-6);  // 2 us per iteration
-    s.counters["bytes"] = 1000.0;
-    s.counters["floor_frac"] = 0.5;
-  })->UseManualTime()->Iterations(4)->Unit(benchmark::kMicrosecond);
-  benchmark::RegisterBenchmark("fam.b/x=2", [](benchmark::State& s) {
-    ++runs_b;
-    s.SkipWithError("no launcher");
-    for (auto _ : s) s.SetIterationTime(1.0);
-  })->UseManualTime()->Iterations(3);
-  benchmark::RegisterBenchmark("other.c", [](benchmark::State& s) {
-    for (auto _ : s) s.SetIterationTime(1.0);
-  })->UseManualTime()->Iterations(1);
+  benchmark::RegisterBenchmark("fam.a/x=1",
+                               [](benchmark::State& s) {
+                                 ++runs_a;
+                                 for (auto _ : s) s.SetIterationTime(2e-6);  // 2 us per iteration
+                                 s.counters["bytes"] = 1000.0;
+                                 s.counters["floor_frac"] = 0.5;
+                               })
+      ->UseManualTime()
+      ->Iterations(4)
+      ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("fam.b/x=2",
+                               [](benchmark::State& s) {
+                                 ++runs_b;
+                                 s.SkipWithError("no launcher");
+                                 for (auto _ : s) s.SetIterationTime(1.0);
+                               })
+      ->UseManualTime()
+      ->Iterations(3);
+  benchmark::RegisterBenchmark("other.c",
+                               [](benchmark::State& s) {
+                                 for (auto _ : s) s.SetIterationTime(1.0);
+                               })
+      ->UseManualTime()
+      ->Iterations(1);
   benchmark::AddCustomContext("fulgur_device", "none \"quoted\"");
 
   const std::string out_flag = "--benchmark_out=" + out;
-  char a0[] = "selftest", a1[] = "--benchmark_filter=^fam\\.", a3[] = "--benchmark_min_time=0.05",
-       a4[] = "--unknown";
+  char a0[] = "selftest", a1[] = "--benchmark_filter=^fam\\.", a3[] = "--benchmark_min_time=0.05", a4[] = "--unknown";
   std::string a2s = out_flag;
   char* av[] = {a0, a1, &a2s[0], a3, a4, nullptr};
   int ac = 5;
