@@ -273,6 +273,38 @@ TEST_CASE("token_drop fused path: later stage (original N), strided fp32, explic
   check_against_reference_pipeline(ev, qk, qs, fused);
 }
 
+TEST_CASE("token_drop fused path: a batch of 16 random sequences", "[token_drop][fused]") {
+  fulgur_test::Rng rng("token_drop fused batch 16");
+  FULGUR_INFO_SEED(rng);
+  // 16 sequences of 1 to 260 tokens with 0, 1 or 2 images of random length anywhere before the
+  // last token (some of length 0): varied N per sequence, text-only sequences, images at 0.
+  std::vector<Seq> seqs;
+  const int batch = kSlowBackend ? 5 : 16;
+  for (int b = 0; b < batch; ++b) {
+    Seq s{rng.uniform_int(1, 260), {}};
+    int64_t at = 0;
+    const int64_t images = rng.uniform_int(0, 2);
+    for (int64_t i = 0; i < images && at < s.len - 1; ++i) {
+      const int64_t start = rng.uniform_int(at, s.len - 1);
+      const int64_t len = rng.uniform_int(0, s.len - 1 - start);
+      s.spans.push_back({start, len});
+      at = start + len;
+    }
+    seqs.push_back(s);
+  }
+  const Batch bt(seqs);
+  QK<__nv_bfloat16> qk(rng, 8, 2, 64, bt.batch(), bt.rows());
+  const Queries qs;
+  for (PositionMode mode : {PositionMode::kRenumber, PositionMode::kKeepOriginal}) {
+    const Event ev(rng, bt, KeepRule::kFloorKeepRatio, 0.25, {}, mode, 3, 24);
+    const EventOut sep = ev.run_separate(qk, qs, false);
+    EventOut fused = ev.make_out();
+    REQUIRE(ev.run_fused(qk, qs, false, fused) == cudaSuccess);
+    check_equal(sep, fused);
+    check_against_reference_pipeline(ev, qk, qs, fused);
+  }
+}
+
 TEST_CASE("token_drop fused path: what it refuses, bad metadata writes nothing", "[token_drop][fused]") {
   fulgur_test::Rng rng("token_drop fused bad input");
   FULGUR_INFO_SEED(rng);

@@ -56,8 +56,9 @@ std::vector<double> plain_fp32_scores(const Batch& bt, const QK<T>& qk, const Qu
 }
 
 /// Kernel vs fp64 reference: every score within the derived worst-case relative bound, and the
-/// relative RMSE at most twice that of the plain fp32 host computation (plus one unit roundoff
-/// for the case where the plain one happens to be nearly exact).
+/// relative RMSE at most twice that of the plain fp32 host computation, plus 4u: on a GPU, expf
+/// and logf are accurate to 2 and 1 ulp (CUDA Programming Guide, single-precision functions)
+/// where the host's are correctly rounded or nearly so, up to 3u more per probability.
 template <typename T>
 void check_against_reference(const Batch& bt, const QK<T>& qk, const Queries& qs, const std::vector<float>& got,
                              float scale = 0.0f) {
@@ -78,7 +79,7 @@ void check_against_reference(const Batch& bt, const QK<T>& qk, const Queries& qs
   INFO("worst relative error " << worst << " (bound " << bound << "), rel RMSE " << rmse << " (plain fp32 " << plain
                                << ")");
   CHECK(worst <= bound);
-  CHECK(rmse <= 2.0 * plain + std::ldexp(1.0, -24));
+  CHECK(rmse <= 2.0 * plain + 4.0 * std::ldexp(1.0, -24));
 }
 
 }  // namespace
