@@ -6,6 +6,7 @@
 //                                     masked views, expert-parallel counts        moe/permute.cuh
 //   gather   hidden [T, H]         -> rows in a dispatch layout (opt. scaled)     moe/gather.cuh
 //   combine  expert outputs        -> out[t] = sum_j w[t,j] y[row(t,j)] (+ res.)  moe/combine.cuh
+//   route_permute  route + permute in one launch for decode batches             moe/route_permute.cuh
 //
 // Every operation takes its Params struct from moe/params.hpp (the same the CPU references in
 // reference/moe.hpp take), has a pure-host can_implement(params), never allocates or
@@ -17,3 +18,4 @@
 #include "fulgur/moe/params.hpp"
 #include "fulgur/moe/permute.cuh"
 #include "fulgur/moe/route.cuh"
+#include "fulgur/moe/route_permute.cuh"

@@ -11,5 +11,6 @@ cudaError_t instantiate_moe_kernels(const fm::RouteParams& r, const fm::PermuteP
   e = e == cudaSuccess ? fm::permute(ws, bytes, p, s) : e;
   e = e == cudaSuccess ? fm::gather(g, s) : e;
   e = e == cudaSuccess ? fm::combine(c, s) : e;
+  e = e == cudaSuccess ? fm::route_permute(ws, bytes, r, p, s) : e;
   return e;
 }

@@ -260,10 +260,16 @@ void check_case(int64_t T, int k, int E, const Views& v, Dist dist, const std::s
 
 TEST_CASE("permute: both paths match the stable-sort oracle", "[moe][permute]") {
   const Views all{true, 64, 4, true, 4, true};
-  for (int E : {8, 60, 257, 384, 1024}) {
-    for (int k : {1, 2, 8, 22, 32}) {
+  // The sanitizer builds (one OS thread per CUDA thread) run a corner of the sweep.
+  const std::vector<int> Es = kLight ? std::vector<int>{8, 257} : std::vector<int>{8, 60, 257, 384, 1024};
+  const std::vector<int> ks = kLight ? std::vector<int>{1, 8} : std::vector<int>{1, 2, 8, 22, 32};
+  const std::vector<int64_t> Ts = kLight ? std::vector<int64_t>{0, 3, 20} : std::vector<int64_t>{0, 1, 3, 64, 1000};
+  int n = 0;
+  for (int E : Es) {
+    for (int k : ks) {
       if (k > E) continue;
-      for (int64_t T : {int64_t{0}, int64_t{1}, int64_t{3}, sized(64), sized(1000, 50)}) {
+      for (int64_t T : Ts) {
+        if (kLight && n++ % 3 != 0) continue;
         Views v = all;
         v.ranks = E % 4 == 0 ? 4 : 1;
         v.masked_capacity = static_cast<int32_t>(std::max<int64_t>(1, T * k / E));  // some experts overflow
@@ -286,6 +292,7 @@ TEST_CASE("permute: large T, many chunks (multi-block path)", "[moe][permute]") 
 TEST_CASE("permute: views, tiles and ranks", "[moe][permute]") {
   for (int M : {16, 64, 256}) {
     for (int R : {1, 2, 8}) {
+      if (kLight && !(M == 64 && R == 8)) continue;
       Views v{true, M, 0, false, R, true};
       check_case(37, 8, 64, v, Dist::kDistinct, "tile/rank");
     }
@@ -293,23 +300,23 @@ TEST_CASE("permute: views, tiles and ranks", "[moe][permute]") {
   // Masked view alone, capacity large (no overflow) and 1 (everything but the first row drops).
   check_case(50, 4, 32, Views{false, 0, 1000, true, 1, false}, Dist::kDistinct, "masked large");
   check_case(50, 4, 32, Views{true, 0, 1, true, 1, false}, Dist::kHot, "masked 1");
-  check_case(50, 4, 32, Views{true, 0, 3, false, 1, false}, Dist::kHot, "masked no overflow ptr");
+  if (!kLight) check_case(50, 4, 32, Views{true, 0, 3, false, 1, false}, Dist::kHot, "masked no overflow ptr");
   // Only the offsets.
-  check_case(50, 2, 16, Views{false, 0, 0, false, 1, false}, Dist::kDistinct, "offsets only");
+  if (!kLight) check_case(50, 2, 16, Views{false, 0, 0, false, 1, false}, Dist::kDistinct, "offsets only");
   // E = 1 (every row on one expert) and E = kMaxExperts.
-  check_case(33, 1, 1, Views{true, 16, 8, true, 1, true}, Dist::kRepeats, "one expert");
+  if (!kLight) check_case(33, 1, 1, Views{true, 16, 8, true, 1, true}, Dist::kRepeats, "one expert");
   check_case(sized(200, 10), 8, fm::kMaxExperts, Views{true, 16, 2, true, 16, true}, Dist::kDistinct, "E = 4096");
   // Exactly one full chunk (the single block's last segment closes without a padding row), and
   // one row more.
   check_case(512, 8, 128, Views{true, 32, 40, true, 4, true}, Dist::kDistinct, "full chunk");
-  check_case(4097, 1, 128, Views{true, 32, 40, true, 4, true}, Dist::kDistinct, "chunk + 1");
+  if (!kLight) check_case(4097, 1, 128, Views{true, 32, 40, true, 4, true}, Dist::kDistinct, "chunk + 1");
 }
 
 TEST_CASE("permute: deterministic, and auto picks a path that agrees", "[moe][permute]") {
   fulgur_test::Rng rng("permute determinism");
   FULGUR_INFO_SEED(rng);
   const Views v{true, 64, 16, true, 4, true};
-  for (int64_t T : {int64_t{100}, sized(2000, 20)}) {
+  for (int64_t T : kLight ? std::vector<int64_t>{100} : std::vector<int64_t>{100, 2000}) {
     const auto ids = make_ids(T, 8, 128, Dist::kDistinct, rng);
     const Layout a = run_kernel(ids, T, 8, 128, v, fm::PermutePath::kAuto);
     const Layout b = run_kernel(ids, T, 8, 128, v, fm::PermutePath::kAuto);

@@ -235,7 +235,7 @@ TEST_CASE("route: every preset matches the reference", "[moe][route]") {
   const DType dts[] = {DType::kF32, DType::kBF16, DType::kF16};
   int n = 0;
   for (const Named& m : all_presets()) {
-    for (int64_t T : {int64_t{1}, int64_t{3}, sized(64), sized(257)}) {
+    for (int64_t T : kLight ? std::vector<int64_t>{n % 2 ? 1 : 3} : std::vector<int64_t>{1, 3, 64, 257}) {
       const DType dt = dts[n % 3];
       const DType wdt = (n % 4 == 3) ? DType::kBF16 : DType::kF32;
       check_against_reference(m.pol, dt, wdt, T, (n % 5 == 1) ? 3 : 0, n % 2 == 0, m.name);
@@ -245,9 +245,9 @@ TEST_CASE("route: every preset matches the reference", "[moe][route]") {
 }
 
 TEST_CASE("route: large batches (MiniMax-Text-01 and DeepSeek-V3 shapes)", "[moe][route]") {
-  check_against_reference(fm::presets::minimax_text_01(), DType::kBF16, DType::kF32, sized(8192, 64), 0, true,
+  check_against_reference(fm::presets::minimax_text_01(), DType::kBF16, DType::kF32, sized(8192, 512), 0, true,
                           "minimax 8192");
-  check_against_reference(fm::presets::deepseek_v3(), DType::kF32, DType::kF32, sized(1000, 32), 0, true,
+  check_against_reference(fm::presets::deepseek_v3(), DType::kF32, DType::kF32, sized(1000, 100), 0, true,
                           "deepseek 1000");
 }
 
@@ -255,7 +255,10 @@ TEST_CASE("route: expert counts and top-k sweep (fast path for every E)", "[moe]
   for (int E : {8, 32, 60, 128, 160, 257, 384, 512, 1024}) {
     for (int k : {1, 2, 4, 6, 8, 22, 32}) {
       if (k > E) continue;
-      if (kLight && (E % 2 == 0) != (k % 2 == 0)) continue;
+      // The sanitizer builds (one OS thread per CUDA thread) keep a few pairs.
+      if (kLight && !((E == 8 && k == 2) || (E == 60 && k == 4) || (E == 257 && k == 8) || (E == 384 && k == 22) ||
+                      (E == 1024 && k == 32)))
+        continue;
       fm::RoutePolicy pol;
       pol.num_experts = E;
       pol.top_k = k;
@@ -345,7 +348,9 @@ TEST_CASE("route: ties go to the lower expert index", "[moe][route]") {
 }
 
 TEST_CASE("route: NaN and -inf logits, rows with no finite score", "[moe][route]") {
+  int n = 0;
   for (const Named& m : all_presets()) {
+    if (kLight && n++ % 3 != 0) continue;
     const int E = m.pol.num_experts;
     fulgur_test::Rng rng(std::string("route nan ") + m.name);
     FULGUR_INFO_SEED(rng);
@@ -446,7 +451,7 @@ TEST_CASE("route: deterministic and batch invariant", "[moe][route]") {
   for (const Named& m : {all_presets()[0], all_presets()[5], all_presets()[6]}) {
     fulgur_test::Rng rng(std::string("route determinism ") + m.name);
     FULGUR_INFO_SEED(rng);
-    const int64_t T = sized(40, 4);
+    const int64_t T = sized(40, 8);
     const Inputs in = make_inputs(m.pol, DType::kBF16, T, 0, rng);
     const fm::RouteParams p = params_for(m.pol, in, T, DType::kF32);
     const Routed a = run_kernel(p, in, true);

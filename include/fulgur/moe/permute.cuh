@@ -226,8 +226,10 @@ FULGUR_DEVICE void finalize_experts(const PermuteParams& p, const int32_t* off, 
 
 // ---- single block ------------------------------------------------------------------------------
 
-FULGUR_KERNEL void __launch_bounds__(kPermuteThreads) permute_single_kernel(const PermuteParams p) {
-  __shared__ PermuteSmem smem;
+/// The whole single-block permutation (T*k <= kPermuteChunk), by the calling block of
+/// kPermuteThreads threads. Starts by reading topk_ids: a caller that wrote them in the same
+/// kernel (the fused route + permute) puts a __syncthreads() before.
+FULGUR_DEVICE void permute_single_block(const PermuteParams& p, PermuteSmem& smem) {
   const int tid = static_cast<int>(threadIdx.x);
   const int E = p.num_experts;
   const int32_t N = static_cast<int32_t>(p.num_tokens * p.top_k);
@@ -275,6 +277,11 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads) permute_single_kernel(cons
     for (int r = tid; r < R; r += kPermuteThreads) p.rank_send_counts[r] = smem.u.hist[r];
   }
   if (p.token_in_rank != nullptr) write_token_in_rank(p, 0, p.num_tokens);
+}
+
+FULGUR_KERNEL void __launch_bounds__(kPermuteThreads) permute_single_kernel(const PermuteParams p) {
+  __shared__ PermuteSmem smem;
+  permute_single_block(p, smem);
 }
 
 // ---- multi block -------------------------------------------------------------------------------

@@ -93,12 +93,16 @@ FULGUR_DEVICE FULGUR_FORCEINLINE float route_score(ScoreFunc f, float x, float m
   return x;
 }
 
+/// Routes token t with the calling logical warp of route_width(kCapacity) lanes (every lane of
+/// the warp calls it; lanes of a token past the end take part in the collectives, see no
+/// candidates and write nothing). group_keys: E floats of shared memory for this token, used
+/// when n_group > 1. Atomic expert counts only when count_experts.
 template <typename TLogit, int kCapacity>
-FULGUR_KERNEL void __launch_bounds__(kRouteBlockThreads) route_kernel(const RouteParams p) {
+FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t t, float* group_keys,
+                                                  bool count_experts) {
   using primitives::KeyIndex;
   constexpr int kWidth = route_width(kCapacity);
   constexpr int kItems = route_items(kCapacity);
-  constexpr int kTokensPerBlock = kRouteBlockThreads / kWidth;
   constexpr float kNegInf = -INFINITY;
   static_assert(route_capacity_ok(kCapacity), "routing capacity must be 1..32 (power of 2) or 32*n <= 1024");
 
@@ -106,10 +110,6 @@ FULGUR_KERNEL void __launch_bounds__(kRouteBlockThreads) route_kernel(const Rout
   const int E = pol.num_experts;
   const int k = pol.top_k;
   const int lane = static_cast<int>(primitives::detail::lane_id()) & (kWidth - 1);
-  const int slot = static_cast<int>(threadIdx.x) / kWidth;
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * kTokensPerBlock + slot;
-  // Lanes of a token past the end still take part in every collective (full masks); they see no
-  // candidates and write nothing.
   const bool active = t < p.num_tokens;
   const TLogit* row = static_cast<const TLogit*>(p.logits) + (active ? t * p.logits_row_stride : 0);
   const bool before = pol.score_timing == ScoreTiming::kBeforeTopK;
@@ -158,8 +158,8 @@ FULGUR_KERNEL void __launch_bounds__(kRouteBlockThreads) route_kernel(const Rout
 
   // 3. Group-limited selection (DeepSeek-V3 noaux_tc): group score = sum of its top-2 keys.
   if (pol.n_group > 1) {
-    FULGUR_DYNAMIC_SMEM(float, smem);
-    float* s = smem + static_cast<int64_t>(slot) * E;
+    float* s = group_keys;
+    __syncwarp(primitives::kFullMask);  // a previous token's reads of this buffer are done
     FULGUR_UNROLL
     for (int i = 0; i < kItems; ++i) {
       const int e = lane + kWidth * i;
@@ -237,8 +237,22 @@ FULGUR_KERNEL void __launch_bounds__(kRouteBlockThreads) route_kernel(const Rout
       static_cast<__nv_bfloat16*>(p.topk_weights)[out] = __float2bfloat16_rn(w);
     else
       static_cast<float*>(p.topk_weights)[out] = w;
-    if (p.expert_counts != nullptr) atomicAdd(p.expert_counts + r.index, 1);
+    if (count_experts && p.expert_counts != nullptr) atomicAdd(p.expert_counts + r.index, 1);
   }
+}
+
+template <typename TLogit, int kCapacity>
+FULGUR_KERNEL void __launch_bounds__(kRouteBlockThreads) route_kernel(const RouteParams p) {
+  constexpr int kWidth = route_width(kCapacity);
+  constexpr int kTokensPerBlock = kRouteBlockThreads / kWidth;
+  const int slot = static_cast<int>(threadIdx.x) / kWidth;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kTokensPerBlock + slot;
+  float* group_keys = nullptr;
+  if (p.policy.n_group > 1) {
+    FULGUR_DYNAMIC_SMEM(float, smem);
+    group_keys = smem + static_cast<int64_t>(slot) * p.policy.num_experts;
+  }
+  route_token<TLogit, kCapacity>(p, t, group_keys, true);
 }
 
 template <typename TLogit, int kCapacity>
