@@ -7,7 +7,7 @@
 # fails unless
 #   - ptxas reports a resource line for every kernel, each with a 0-byte stack frame and 0 bytes
 #     of spill stores and loads;
-#   - every prefill kernel's SASS holds HMMA (tensor-core mma.sync), LDSM (ldmatrix) and
+#   - every prefill kernel's (main and segment-state) SASS holds HMMA (tensor-core mma.sync), LDSM (ldmatrix) and
 #     LDG.E[.mod].128 (16-byte global loads of q, k, v);
 #   - every decode kernel's SASS holds 16-byte global loads and stores of the state
 #     (LDG.E.EF.128 / STG.E.EF.128: evict-first).
@@ -89,7 +89,7 @@ foreach(arch IN ITEMS 80 90a)
     set(ldg128 "LDG\\.E(\\.[A-Z]+)*\\.128")
     set(stg128 "STG\\.E(\\.[A-Z]+)*\\.128")
     set(required "")
-    if(header MATCHES "prefill_kernel")
+    if(header MATCHES "prefill_kernel|prefill_segment_state_kernel")
       set(required hmma ldsm ldg128)
       math(EXPR n_prefill "${n_prefill} + 1")
     elseif(header MATCHES "decode_kernel")
@@ -106,9 +106,9 @@ foreach(arch IN ITEMS 80 90a)
     string(FIND "${rest}" "Function : " pos)
   endwhile()
   message(STATUS "sm_${arch}: ${n_prefill} prefill kernels, ${n_decode} decode kernels checked")
-  if(n_prefill LESS 8 OR n_decode LESS 12)
-    string(APPEND failures "sm_${arch}: expected 8 prefill and 12 decode kernels in the SASS, found ${n_prefill} "
-                           "and ${n_decode}\n")
+  if(n_prefill LESS 16 OR n_decode LESS 12)
+    string(APPEND failures "sm_${arch}: expected 16 prefill (8 main, 8 segment-state) and 12 decode kernels in the "
+                           "SASS, found ${n_prefill} and ${n_decode}\n")
   endif()
 endforeach()
 

@@ -9,23 +9,29 @@
 //     S_next   = lambda^m S_prev + (K * k_decay)^T V,      k_decay[j] = lambda^{m-1-j}
 //
 // Design (docs/lightning.md has the derivations and the FLOP/byte counts):
-//  - One CTA per (sequence, head); kD/16 warps. Warp w owns the state columns dv in
-//    [16w, 16w+16): it keeps S^T[dv][dk] (16 x kD, fp32) in mma accumulator registers for the
-//    whole sequence. The accumulator fragment of S^T is exactly the B fragment of S for Q S, so
-//    the fp32 state never leaves registers between blocks except for checkpoints.
+//  - Work item = one segment of one sequence and one head: a sequence of at most
+//    kSegmentTokens (1024) tokens is one segment; a longer one is cut into segments of that
+//    length, which run in parallel: a first kernel computes each non-last segment's own state
+//    contribution D_i = sum_j lambda^{L-1-j} k_j^T v_j from zero, a scan chains them
+//    (S_{i+1} = lambda^L S_i + D_i), and the main kernel then runs every segment from its start
+//    state. The cut depends only on the sequence, so results stay batch invariant.
+//  - One CTA of kD/16 warps per work item. Warp w owns the state columns dv in [16w, 16w+16): it
+//    keeps S^T[dv][dk] (16 x kD, fp32) in mma accumulator registers across the segment. The
+//    accumulator fragment of S^T is exactly the B fragment of S for Q S, so the fp32 state never
+//    leaves registers between blocks except for checkpoints.
 //  - Precision: the state is an mma operand twice (Q S_prev and, through the decayed V, the
-//    update); both operands that carry an fp32 value (S, V * k_decay, and P when the inputs
-//    need two terms) are split into bf16 hi + lo (16 significant bits) and multiplied as two
-//    mma terms. bf16 inputs are exact bf16 operands (one term); f16/f32 inputs, and bf16 inputs
-//    with the fused SiLU, are split into two terms as loaded (kTerms = 2), and products of two
-//    split operands keep the hi*hi, hi*lo and lo*hi terms. Measured errors: docs/lightning.md.
+//    update); both operands that carry an fp32 value (S, V * k_decay, and P) are split into bf16
+//    hi + lo (16 significant bits) and multiplied as two mma terms. bf16 inputs are exact bf16
+//    operands (one term); f16/f32 inputs, and bf16 inputs with the fused SiLU, are split into two
+//    terms as loaded (kTerms = 2), and products of two split operands keep the hi*hi, hi*lo and
+//    lo*hi terms. The compounding decay lambda^m is applied as fp32 hi + lo. Measured errors:
+//    docs/lightning.md.
 //  - Per block: Q, K, V (converted to bf16 terms, SiLU applied) in shared memory, 16-byte global
 //    loads prefetched into registers one block ahead (16-bit inputs); P = Q K^T split across
 //    warps into shared memory; then every warp computes O and the state update for its 16
-//    columns. Three __syncthreads per block. Deterministic: fixed summation order, no atomics,
-//    and a sequence's results do not depend on the rest of the batch.
-//  - The device checks the index arrays first (a 1-CTA kernel); the main kernel reads its
-//    verdict from the workspace and writes nothing when they are bad.
+//    columns. Three __syncthreads per block. Deterministic: fixed summation order, no atomics.
+//  - The device checks the index arrays first (a 1-CTA kernel that also builds the work lists);
+//    the other kernels read its verdict from the workspace and write nothing when they are bad.
 #pragma once
 
 #include <cstdint>
@@ -53,9 +59,11 @@ namespace detail {
 constexpr int kCheckThreads = 256;
 
 /// One CTA: checks cu_seqlens, slot_ids, checkpoint_offsets and slopes, writes the verdict to
-/// status[0], and (packed checkpoints) each sequence's first checkpoint row to ckpt_base.
-FULGUR_KERNEL void __launch_bounds__(kCheckThreads) prefill_check_kernel(PrefillParams p, int32_t* status,
-                                                                          int32_t* ckpt_base) {
+/// status[0], (packed checkpoints) each sequence's first checkpoint row to ckpt_base, and the
+/// work lists of the segment kernels (traits.hpp, PrefillWorkspace).
+FULGUR_KERNEL void __launch_bounds__(kCheckThreads)
+    prefill_check_kernel(PrefillParams p, int32_t* status, int32_t* ckpt_base, int32_t* seg_owner,
+                         int32_t* part_owner, int64_t groups, int64_t seg_items) {
   using Scan = ::fulgur::primitives::BlockScan<long long, kCheckThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   const int tid = static_cast<int>(threadIdx.x);
@@ -110,6 +118,21 @@ FULGUR_KERNEL void __launch_bounds__(kCheckThreads) prefill_check_kernel(Prefill
   __shared__ typename Reduce::TempStorage reduce_storage;
   const int worst = Reduce(reduce_storage).reduce(err == 0 ? 0x7fffffff : err, ::fulgur::primitives::Min{});
   if (tid == 0) status[0] = worst == 0x7fffffff ? 0 : worst;
+
+  // Work lists: item b + floor(cu[b] / L) + i of the main kernel is segment i of sequence b, item
+  // floor(cu[b] / L) + i of the segment-state kernel its segment i < last. Built only from valid
+  // arrays (bad ones leave every item empty; the kernels return on the status anyway).
+  for (int64_t k = tid; k < seg_items; k += kCheckThreads) seg_owner[k] = -1;
+  for (int64_t k = tid; k < groups; k += kCheckThreads) part_owner[k] = -1;
+  __syncthreads();
+  if (worst != 0x7fffffff) return;
+  for (int32_t b = tid; b < B; b += kCheckThreads) {
+    const int64_t n = cu[b + 1] - cu[b];
+    const int64_t group = cu[b] / kSegmentTokens;
+    const int64_t nseg = segment_count(n);
+    for (int64_t i = 0; i < nseg; ++i) seg_owner[b + group + i] = b;
+    for (int64_t i = 0; i + 1 < nseg; ++i) part_owner[group + i] = b;
+  }
 }
 
 // ---- the tensor-core prefill -------------------------------------------------------------
@@ -118,7 +141,11 @@ FULGUR_KERNEL void __launch_bounds__(kCheckThreads) prefill_check_kernel(Prefill
 /// and the packed checkpoint rows.
 struct PrefillExtra {
   const int32_t* status = nullptr;
-  const int32_t* ckpt_base = nullptr;  // null: use p.checkpoint_offsets
+  const int32_t* ckpt_base = nullptr;   // null: use p.checkpoint_offsets
+  const int32_t* seg_owner = nullptr;   // main kernel work item -> sequence (-1: none)
+  const int32_t* part_owner = nullptr;  // segment-state kernel work item -> sequence (-1: none)
+  float* seg_state = nullptr;           // traits.hpp, PrefillWorkspace
+  float* first_state = nullptr;
 };
 
 template <int kD, int kTerms, typename Tin>
@@ -210,25 +237,30 @@ struct PrefillKernel {
     }
   }
 
+  /// Tensors kFirst..2 (q, k, v; the segment-state kernel skips q).
+  template <int kFirst>
   FULGUR_DEVICE FULGUR_FORCEINLINE static void load_raw(Raw& raw, const PrefillParams& p, int h, int64_t row0, int m,
                                                          int tid) {
 #pragma unroll
-    for (int x = 0; x < 3; ++x) load_tensor(raw.c[x], p, x, h, row0, m, tid);
+    for (int x = kFirst; x < 3; ++x) load_tensor(raw.c[x], p, x, h, row0, m, tid);
   }
+  template <int kFirst>
   FULGUR_DEVICE FULGUR_FORCEINLINE static void store_raw(const Raw& raw, const Smem& s, bool silu_qkv, int tid) {
-    store_tensor(raw.c[0], s.q, silu_qkv, tid);
+    if (kFirst == 0) store_tensor(raw.c[0], s.q, silu_qkv, tid);
     store_tensor(raw.c[1], s.k, silu_qkv, tid);
     store_tensor(raw.c[2], s.v, silu_qkv, tid);
   }
   /// Without prefetch (f32 inputs): one tensor at a time, so only a third of the chunks are live.
+  template <int kFirst>
   FULGUR_DEVICE FULGUR_FORCEINLINE static void load_store_direct(const PrefillParams& p, const Smem& s, int h,
                                                                   int64_t row0, int m, int tid) {
-    __nv_bfloat16* dst[3] = {s.q, s.k, s.v};
-#pragma unroll
-    for (int x = 0; x < 3; ++x) {
+    // Not unrolled: the compiler would otherwise hoist all three tensors' loads (96 registers)
+    // over the 64 state accumulators and spill. q, k, v are adjacent in shared memory.
+#pragma unroll 1
+    for (int x = kFirst; x < 3; ++x) {
       uint4 raw[kChunksPerThread];
       load_tensor(raw, p, x, h, row0, m, tid);
-      store_tensor(raw, dst[x], p.silu_qkv, tid);
+      store_tensor(raw, s.q + x * (kTerms * kTermStride), p.silu_qkv, tid);
     }
   }
 
@@ -326,15 +358,190 @@ struct PrefillKernel {
       }
   }
 
+  /// O = scale * ( (Q S_prev) * q_decay + P V ) for this warp's 16 columns, stored for the m
+  /// rows of the block that starts at row `row`.
+  FULGUR_DEVICE FULGUR_FORCEINLINE static void output(const PrefillParams& p, const Smem& s,
+                                                       const float (&sacc)[kD / 8][4], int64_t row, int h, int m, int w,
+                                                       int lane) {
+    const int g = lane / 4, t = lane % 4;
+    // ---- O = scale * ( (Q S_prev) * q_decay + P V ) for this warp's 16 columns ----
+    float oacc[4][2][4];
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+      for (int nv = 0; nv < 2; ++nv)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) oacc[mt][nv][i] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      // B fragments of S (k = dk 16ks.., n = dv 16w + 8nv..) straight from the S^T accumulators,
+      // split into bf16 hi + lo.
+      uint32_t sb[2][2][2];  // [term][nv][reg]
+#pragma unroll
+      for (int nv = 0; nv < 2; ++nv)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          split_bf16x2(sacc[2 * ks + r][2 * nv], sacc[2 * ks + r][2 * nv + 1], sb[0][nv][r], sb[1][nv][r]);
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        if (16 * mt >= m) continue;  // rows past the block's end (warp-uniform)
+        uint32_t a[kTerms][4];
+#pragma unroll
+        for (int ta = 0; ta < kTerms; ++ta) {
+          ::fulgur::arch::ldmatrix_x4(a[ta], s.q + ta * kTermStride +
+                                                 (16 * mt + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch + 16 * ks +
+                                                 8 * (lane / 16));
+        }
+#pragma unroll
+        for (int nv = 0; nv < 2; ++nv) {
+          mma(oacc[mt][nv], a[0], sb[0][nv][0], sb[0][nv][1]);
+          mma(oacc[mt][nv], a[0], sb[1][nv][0], sb[1][nv][1]);
+          if (kTerms == 2) mma(oacc[mt][nv], a[1], sb[0][nv][0], sb[0][nv][1]);
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float qd = s.decay[16 * mt + g + 8 * (i / 2) + 1];  // lambda^{t+1}
+#pragma unroll
+        for (int nv = 0; nv < 2; ++nv) oacc[mt][nv][i] *= qd;
+      }
+#pragma unroll
+    for (int ks = 0; ks < kBlock / 16; ++ks) {
+      if (16 * ks >= m) continue;
+      uint32_t vb[kTerms][4];
+#pragma unroll
+      for (int tb = 0; tb < kTerms; ++tb) {
+        // V is [key][dv] = B row-major: transposed ldmatrix; matrices (keys +0, dv +0),
+        // (keys +8, dv +0), (keys +0, dv +8), (keys +8, dv +8).
+        ::fulgur::arch::ldmatrix_x4_trans(vb[tb], s.v + tb * kTermStride +
+                                                      (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch +
+                                                      16 * w + 8 * (lane / 16));
+      }
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        if (ks > mt || 16 * mt >= m) continue;  // P tile above the diagonal, or rows past the end
+        uint32_t a[2][4];
+#pragma unroll
+        for (int ta = 0; ta < 2; ++ta) {
+          ::fulgur::arch::ldmatrix_x4(a[ta], s.p + ta * kPTermStride +
+                                                 (16 * mt + lane % 8 + 8 * ((lane / 8) & 1)) * kPPitch + 16 * ks +
+                                                 8 * (lane / 16));
+        }
+#pragma unroll
+        for (int nv = 0; nv < 2; ++nv) {
+          // P hi * V, P lo * V (and P hi * V lo for two-term inputs).
+          mma(oacc[mt][nv], a[0], vb[0][2 * nv], vb[0][2 * nv + 1]);
+          mma(oacc[mt][nv], a[1], vb[0][2 * nv], vb[0][2 * nv + 1]);
+          if (kTerms == 2) mma(oacc[mt][nv], a[0], vb[kTerms - 1][2 * nv], vb[kTerms - 1][2 * nv + 1]);
+        }
+      }
+    }
+    {
+      void* const o = p.o;
+      const int64_t obase = row * p.o_stride_token + h * p.o_stride_head;
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int hrow = 0; hrow < 2; ++hrow) {
+          const int row = 16 * mt + g + 8 * hrow;
+          if (row >= m) continue;
+#pragma unroll
+          for (int nv = 0; nv < 2; ++nv) {
+            const int col = 16 * w + 8 * nv + 2 * t;
+            store_pair(o, p.o_dtype, obase + row * p.o_stride_token + col, p.scale * oacc[mt][nv][2 * hrow],
+                       p.scale * oacc[mt][nv][2 * hrow + 1]);
+          }
+        }
+    }
+
+  }
+
+  /// S^T = lambda^m S^T + (V * k_decay)^T K for this warp's 16 dv rows.
+  FULGUR_DEVICE FULGUR_FORCEINLINE static void update_state(const Smem& s, float (&sacc)[kD / 8][4], int m, int w,
+                                                             int lane) {
+    const int t = lane % 4;
+    // ---- S^T = lambda^m S^T + (V * k_decay)^T K for this warp's 16 dv rows ----
+    const float block_decay = s.decay[m], block_decay_lo = s.decay_lo[m];
+#pragma unroll
+    for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sacc[nd][i] = fmaf(sacc[nd][i], block_decay, sacc[nd][i] * block_decay_lo);
+#pragma unroll
+    for (int ks = 0; ks < kBlock / 16; ++ks) {
+      if (16 * ks >= m) continue;
+      uint32_t va[kTerms][4];
+#pragma unroll
+      for (int tv = 0; tv < kTerms; ++tv) {
+        // A = V^T (rows dv, columns tokens) from V [token][dv]: transposed ldmatrix; matrices
+        // (tokens +0, dv +0), (tokens +0, dv +8), (tokens +8, dv +0), (tokens +8, dv +8).
+        ::fulgur::arch::ldmatrix_x4_trans(va[tv], s.v + tv * kTermStride +
+                                                      (16 * ks + lane % 8 + 8 * (lane / 16)) * kPitch + 16 * w +
+                                                      8 * ((lane / 8) & 1));
+      }
+      // Register r holds tokens 16ks + 2t + 8 (r / 2) + {0, 1}: scale by k_decay in fp32, then
+      // split into bf16 hi + lo. Tokens past the block's end get 0 (no positive exponent).
+      uint32_t ah[4], al[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int j = 16 * ks + 2 * t + 8 * (r / 2);
+        const float kd0 = j < m ? s.decay[m - 1 - j] : 0.f;
+        const float kd1 = j + 1 < m ? s.decay[m - 2 - j] : 0.f;
+        float2 x = unpack_bf16x2(va[0][r]);
+        if (kTerms == 2) {
+          const float2 y = unpack_bf16x2(va[kTerms - 1][r]);
+          x.x += y.x;
+          x.y += y.y;
+        }
+        split_bf16x2(x.x * kd0, x.y * kd1, ah[r], al[r]);
+      }
+#pragma unroll
+      for (int np = 0; np < kD / 16; ++np) {
+        uint32_t kb[kTerms][4];
+#pragma unroll
+        for (int tb = 0; tb < kTerms; ++tb) {
+          // K is [token][dk] = B row-major: transposed ldmatrix, as V above.
+          ::fulgur::arch::ldmatrix_x4_trans(kb[tb], s.k + tb * kTermStride +
+                                                        (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch +
+                                                        16 * np + 8 * (lane / 16));
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float(&acc)[4] = sacc[2 * np + half];
+          mma(acc, ah, kb[0][2 * half], kb[0][2 * half + 1]);
+          mma(acc, al, kb[0][2 * half], kb[0][2 * half + 1]);
+          if (kTerms == 2) mma(acc, ah, kb[kTerms - 1][2 * half], kb[kTerms - 1][2 * half + 1]);
+        }
+      }
+    }
+
+  }
+
+  /// The warp's S^T fragments <-> a [dv][dk] fp32 array (the workspace's segment states):
+  /// elements 2t, 2t + 1 of a row are adjacent, so each access is 8 bytes.
+  FULGUR_DEVICE FULGUR_FORCEINLINE static void read_vk(float (&sacc)[kD / 8][4], const float* src, int w, int lane) {
+    read_state(sacc, src, StateLayout::kVK, w, lane);
+  }
+
+  /// Main kernel (kStateOnly = false): one work item = one segment of one sequence (the whole
+  /// sequence when it is at most kSegmentTokens long) and one head: O for its tokens, the
+  /// checkpoints that fall in it, and, for the last segment, the final state into the pool.
+  /// Segment-state kernel (kStateOnly = true): one work item = a segment that is not its
+  /// sequence's last, from a zero state: its own contribution sum_j lambda^{L-1-j} k_j^T v_j
+  /// into the workspace (the scan kernel turns these into segment start states).
+  template <bool kStateOnly>
   FULGUR_DEVICE static void run(const PrefillParams& p, const PrefillExtra& extra) {
     FULGUR_DYNAMIC_SMEM(__nv_bfloat16, smem_base);
     if (extra.status[0] != 0) return;  // the device check found bad index arrays: write nothing
 
     const int tid = static_cast<int>(threadIdx.x);
     const int w = tid / 32, lane = tid % 32;
-    const int g = lane / 4, t = lane % 4;
-    const int32_t b = static_cast<int32_t>(blockIdx.x);
+    const int64_t item = blockIdx.x;
     const int h = static_cast<int>(blockIdx.y);
+    const int32_t b = kStateOnly ? extra.part_owner[item] : extra.seg_owner[item];
+    if (b < 0) return;  // no work for this item (uniform across the CTA)
 
     Smem s;
     s.q = smem_base;
@@ -344,18 +551,26 @@ struct PrefillKernel {
     s.decay = reinterpret_cast<float*>(s.p + 2 * kPTermStride);
     s.decay_lo = s.decay + kBlock + 1;
 
-    const int64_t row0 = p.cu_seqlens[b];
-    const int64_t n = p.cu_seqlens[b + 1] - row0;
+    // Positions inside the packed batch fit int32 (cu_seqlens are int32): 32-bit loop state keeps
+    // registers free for the 64 state accumulators (offsets are formed in int64 where used).
+    const int32_t row0 = p.cu_seqlens[b];
+    const int32_t n = p.cu_seqlens[b + 1] - row0;
+    const int32_t group = row0 / static_cast<int32_t>(kSegmentTokens);  // first workspace slot of this sequence
+    const int32_t seg = static_cast<int32_t>(kStateOnly ? item - group : item - b - group);
+    const int32_t nseg = static_cast<int32_t>(segment_count(n));
+    const int32_t seg_begin = seg * static_cast<int32_t>(kSegmentTokens);
+    const int32_t seg_end =
+        nseg == 1 ? n : (n - seg_begin > kSegmentTokens ? seg_begin + static_cast<int32_t>(kSegmentTokens) : n);
+    const int64_t head_elems = int64_t{kD} * kD;
+    const int64_t slot_elems = int64_t{p.num_heads} * head_elems;  // one workspace slot, all heads
     const int32_t slot = p.slot_ids[b];
     const bool stateful = slot >= 0;
-    const bool read_initial = stateful && (p.has_initial_state == nullptr || p.has_initial_state[b] != 0);
-    const int64_t head_elems = int64_t{kD} * kD;
     // This head's state in the pool (recomputed at the end rather than kept live across the loop).
     auto slot_state = [&]() {
-      const int64_t pool_stride = p.state_stride_slot != 0 ? p.state_stride_slot : int64_t{p.num_heads} * head_elems;
+      const int64_t pool_stride = p.state_stride_slot != 0 ? p.state_stride_slot : slot_elems;
       return p.state + p.slot_ids[b] * pool_stride + h * head_elems;
     };
-    const bool checkpointing = stateful && p.checkpoints != nullptr;
+    const bool checkpointing = !kStateOnly && stateful && p.checkpoints != nullptr;
     int64_t ckpt_row0 = 0;
     if (checkpointing) ckpt_row0 = extra.ckpt_base != nullptr ? extra.ckpt_base[b] : p.checkpoint_offsets[b];
 
@@ -371,213 +586,154 @@ struct PrefillKernel {
       s.decay_lo[e] = static_cast<float>(x - static_cast<double>(hi));
     }
 
+    // The state at the segment's start: the pool (or zero) for a single-segment sequence, the
+    // scan's copy of it for segment 0 of a longer one (its last segment writes the pool, so
+    // segment 0 must not read it), the scanned start state for the others, zero for the
+    // segment-state kernel.
     float sacc[kD / 8][4];
-    if (read_initial) {
-      read_state(sacc, slot_state(), p.state_layout, w, lane);
-    } else {
 #pragma unroll
-      for (int nd = 0; nd < kD / 8; ++nd)
+    for (int nd = 0; nd < kD / 8; ++nd)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) sacc[nd][i] = 0.f;
+      for (int i = 0; i < 4; ++i) sacc[nd][i] = 0.f;
+    if (!kStateOnly) {
+      if (nseg == 1) {
+        if (stateful && (p.has_initial_state == nullptr || p.has_initial_state[b] != 0)) {
+          read_state(sacc, slot_state(), p.state_layout, w, lane);
+        }
+      } else if (seg == 0) {
+        read_vk(sacc, extra.first_state + group * slot_elems + h * head_elems, w, lane);
+      } else {
+        read_vk(sacc, extra.seg_state + (group + seg - 1) * slot_elems + h * head_elems, w, lane);
+      }
     }
 
-    const int64_t num_blocks = (n + kBlock - 1) / kBlock;
+    const int32_t num_blocks = (seg_end - seg_begin + kBlock - 1) / kBlock;
+    constexpr int kFirst = kStateOnly ? 1 : 0;  // the segment-state kernel reads only k and v
     Raw raw;
-    if (kPrefetch && num_blocks > 0) load_raw(raw, p, h, row0, static_cast<int>(n < kBlock ? n : kBlock), tid);
+    if (kPrefetch && num_blocks > 0) {
+      load_raw<kFirst>(raw, p, h, int64_t{row0} + seg_begin,
+                       static_cast<int>(seg_end - seg_begin < kBlock ? seg_end - seg_begin : kBlock), tid);
+    }
 
-    for (int64_t blk = 0; blk < num_blocks; ++blk) {
-      const int64_t start = blk * kBlock;
-      const int m = static_cast<int>(n - start < kBlock ? n - start : kBlock);
+    for (int32_t blk = 0; blk < num_blocks; ++blk) {
+      const int32_t start = seg_begin + blk * kBlock;  // position in the sequence
+      const int m = static_cast<int>(seg_end - start < kBlock ? seg_end - start : kBlock);
       if (kPrefetch) {
-        store_raw(raw, s, p.silu_qkv, tid);
+        store_raw<kFirst>(raw, s, p.silu_qkv, tid);
       } else {
-        load_store_direct(p, s, h, row0 + start, m, tid);
+        load_store_direct<kFirst>(p, s, h, int64_t{row0} + start, m, tid);
       }
       __syncthreads();  // Q, K, V (and, the first time, the decay table) are visible
-      const bool more = blk + 1 < num_blocks;
-      const int64_t next_start = start + kBlock;
-      if (kPrefetch && more) {  // the next block's loads are in flight while this one computes
-        load_raw(raw, p, h, row0 + next_start, static_cast<int>(n - next_start < kBlock ? n - next_start : kBlock),
-                 tid);
+      const int32_t next_start = start + kBlock;
+      if (kPrefetch && blk + 1 < num_blocks) {  // the next block's loads are in flight during compute
+        load_raw<kFirst>(raw, p, h, int64_t{row0} + next_start,
+                         static_cast<int>(seg_end - next_start < kBlock ? seg_end - next_start : kBlock), tid);
       }
-
-      scores(s, w, lane);
-      __syncthreads();  // P is visible
-
-      // ---- O = scale * ( (Q S_prev) * q_decay + P V ) for this warp's 16 columns ----
-      float oacc[4][2][4];
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-        for (int nv = 0; nv < 2; ++nv)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) oacc[mt][nv][i] = 0.f;
-#pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks) {
-        // B fragments of S (k = dk 16ks.., n = dv 16w + 8nv..) straight from the S^T accumulators,
-        // split into bf16 hi + lo.
-        uint32_t sb[2][2][2];  // [term][nv][reg]
-#pragma unroll
-        for (int nv = 0; nv < 2; ++nv)
-#pragma unroll
-          for (int r = 0; r < 2; ++r)
-            split_bf16x2(sacc[2 * ks + r][2 * nv], sacc[2 * ks + r][2 * nv + 1], sb[0][nv][r], sb[1][nv][r]);
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-          if (16 * mt >= m) continue;  // rows past the block's end (warp-uniform)
-          uint32_t a[kTerms][4];
-#pragma unroll
-          for (int ta = 0; ta < kTerms; ++ta) {
-            ::fulgur::arch::ldmatrix_x4(a[ta], s.q + ta * kTermStride +
-                                                   (16 * mt + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch + 16 * ks +
-                                                   8 * (lane / 16));
-          }
-#pragma unroll
-          for (int nv = 0; nv < 2; ++nv) {
-            mma(oacc[mt][nv], a[0], sb[0][nv][0], sb[0][nv][1]);
-            mma(oacc[mt][nv], a[0], sb[1][nv][0], sb[1][nv][1]);
-            if (kTerms == 2) mma(oacc[mt][nv], a[1], sb[0][nv][0], sb[0][nv][1]);
-          }
-        }
+      if (!kStateOnly) {
+        scores(s, w, lane);
+        __syncthreads();  // P is visible
+        output(p, s, sacc, int64_t{row0} + start, h, m, w, lane);
       }
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float qd = s.decay[16 * mt + g + 8 * (i / 2) + 1];  // lambda^{t+1}
-#pragma unroll
-          for (int nv = 0; nv < 2; ++nv) oacc[mt][nv][i] *= qd;
-        }
-#pragma unroll
-      for (int ks = 0; ks < kBlock / 16; ++ks) {
-        if (16 * ks >= m) continue;
-        uint32_t vb[kTerms][4];
-#pragma unroll
-        for (int tb = 0; tb < kTerms; ++tb) {
-          // V is [key][dv] = B row-major: transposed ldmatrix; matrices (keys +0, dv +0),
-          // (keys +8, dv +0), (keys +0, dv +8), (keys +8, dv +8).
-          ::fulgur::arch::ldmatrix_x4_trans(vb[tb], s.v + tb * kTermStride +
-                                                        (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch +
-                                                        16 * w + 8 * (lane / 16));
-        }
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-          if (ks > mt || 16 * mt >= m) continue;  // P tile above the diagonal, or rows past the end
-          uint32_t a[2][4];
-#pragma unroll
-          for (int ta = 0; ta < 2; ++ta) {
-            ::fulgur::arch::ldmatrix_x4(a[ta], s.p + ta * kPTermStride +
-                                                   (16 * mt + lane % 8 + 8 * ((lane / 8) & 1)) * kPPitch + 16 * ks +
-                                                   8 * (lane / 16));
-          }
-#pragma unroll
-          for (int nv = 0; nv < 2; ++nv) {
-            // P hi * V, P lo * V (and P hi * V lo for two-term inputs).
-            mma(oacc[mt][nv], a[0], vb[0][2 * nv], vb[0][2 * nv + 1]);
-            mma(oacc[mt][nv], a[1], vb[0][2 * nv], vb[0][2 * nv + 1]);
-            if (kTerms == 2) mma(oacc[mt][nv], a[0], vb[kTerms - 1][2 * nv], vb[kTerms - 1][2 * nv + 1]);
-          }
-        }
-      }
-      {
-        void* const o = p.o;
-        const int64_t obase = (row0 + start) * p.o_stride_token + h * p.o_stride_head;
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-          for (int hrow = 0; hrow < 2; ++hrow) {
-            const int row = 16 * mt + g + 8 * hrow;
-            if (row >= m) continue;
-#pragma unroll
-            for (int nv = 0; nv < 2; ++nv) {
-              const int col = 16 * w + 8 * nv + 2 * t;
-              store_pair(o, p.o_dtype, obase + row * p.o_stride_token + col, p.scale * oacc[mt][nv][2 * hrow],
-                         p.scale * oacc[mt][nv][2 * hrow + 1]);
-            }
-          }
-      }
-
-      // ---- S^T = lambda^m S^T + (V * k_decay)^T K for this warp's 16 dv rows ----
-      const float block_decay = s.decay[m], block_decay_lo = s.decay_lo[m];
-#pragma unroll
-      for (int nd = 0; nd < kD / 8; ++nd)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) sacc[nd][i] = fmaf(sacc[nd][i], block_decay, sacc[nd][i] * block_decay_lo);
-#pragma unroll
-      for (int ks = 0; ks < kBlock / 16; ++ks) {
-        if (16 * ks >= m) continue;
-        uint32_t va[kTerms][4];
-#pragma unroll
-        for (int tv = 0; tv < kTerms; ++tv) {
-          // A = V^T (rows dv, columns tokens) from V [token][dv]: transposed ldmatrix; matrices
-          // (tokens +0, dv +0), (tokens +0, dv +8), (tokens +8, dv +0), (tokens +8, dv +8).
-          ::fulgur::arch::ldmatrix_x4_trans(va[tv], s.v + tv * kTermStride +
-                                                        (16 * ks + lane % 8 + 8 * (lane / 16)) * kPitch + 16 * w +
-                                                        8 * ((lane / 8) & 1));
-        }
-        // Register r holds tokens 16ks + 2t + 8 (r / 2) + {0, 1}: scale by k_decay in fp32, then
-        // split into bf16 hi + lo. Tokens past the block's end get 0 (no positive exponent).
-        uint32_t ah[4], al[4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int j = 16 * ks + 2 * t + 8 * (r / 2);
-          const float kd0 = j < m ? s.decay[m - 1 - j] : 0.f;
-          const float kd1 = j + 1 < m ? s.decay[m - 2 - j] : 0.f;
-          float2 x = unpack_bf16x2(va[0][r]);
-          if (kTerms == 2) {
-            const float2 y = unpack_bf16x2(va[kTerms - 1][r]);
-            x.x += y.x;
-            x.y += y.y;
-          }
-          split_bf16x2(x.x * kd0, x.y * kd1, ah[r], al[r]);
-        }
-#pragma unroll
-        for (int np = 0; np < kD / 16; ++np) {
-          uint32_t kb[kTerms][4];
-#pragma unroll
-          for (int tb = 0; tb < kTerms; ++tb) {
-            // K is [token][dk] = B row-major: transposed ldmatrix, as V above.
-            ::fulgur::arch::ldmatrix_x4_trans(kb[tb], s.k + tb * kTermStride +
-                                                          (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch +
-                                                          16 * np + 8 * (lane / 16));
-          }
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            float(&acc)[4] = sacc[2 * np + half];
-            mma(acc, ah, kb[0][2 * half], kb[0][2 * half + 1]);
-            mma(acc, al, kb[0][2 * half], kb[0][2 * half + 1]);
-            if (kTerms == 2) mma(acc, ah, kb[kTerms - 1][2 * half], kb[kTerms - 1][2 * half + 1]);
-          }
-        }
-      }
-
+      update_state(s, sacc, m, w, lane);
       // Checkpoint: the state after (start + m) tokens when that is a multiple of the interval
       // (the interval is a multiple of kBlock, so only full blocks can end on one).
       if (checkpointing && (start + m) % p.checkpoint_interval == 0) {
-        const int64_t row = ckpt_row0 + (start + m) / p.checkpoint_interval - 1;
-        write_state(sacc, p.checkpoints + row * (int64_t{p.num_heads} * head_elems) + h * head_elems,
-                    p.state_layout, w, lane);
+        const int64_t crow = ckpt_row0 + (int64_t{start} + m) / p.checkpoint_interval - 1;
+        write_state(sacc, p.checkpoints + crow * slot_elems + h * head_elems, p.state_layout, w, lane);
       }
       __syncthreads();  // every warp is done with Q, K, V, P before they are refilled
     }
 
-    // Re-read the slot id rather than keep it live across the loop (it cost a spill at d = 128).
-    if (p.slot_ids[b] >= 0) write_state(sacc, slot_state(), p.state_layout, w, lane);
+    if (kStateOnly) {
+      write_state(sacc, extra.seg_state + (group + seg) * slot_elems + h * head_elems, StateLayout::kVK, w, lane);
+    } else if (seg_end == p.cu_seqlens[b + 1] - p.cu_seqlens[b] && p.slot_ids[b] >= 0) {
+      // The last segment writes the final state. Length and slot id are re-read rather than kept
+      // live across the loop (each cost a spill at d = 128).
+      write_state(sacc, slot_state(), p.state_layout, w, lane);
+    }
   }
 };
+
+/// The scan over a multi-segment sequence's segments (one CTA per sequence, head and 1024 state
+/// elements): S_0 = the initial state (pool or zero), copied to first_state for segment 0;
+/// S_{i+1} = lambda^L S_i + D_i, written over D_i (seg_state slot group + i). Elementwise in
+/// fp32 with lambda^L applied as hi + lo, so the result depends only on the sequence.
+template <int kD>
+FULGUR_KERNEL void __launch_bounds__(256) prefill_scan_kernel(PrefillParams p, PrefillExtra extra) {
+  if (extra.status[0] != 0) return;
+  const int32_t b = static_cast<int32_t>(blockIdx.x);
+  const int h = static_cast<int>(blockIdx.y);
+  const int64_t row0 = p.cu_seqlens[b];
+  const int64_t n = p.cu_seqlens[b + 1] - row0;
+  const int64_t nseg = segment_count(n);
+  if (nseg == 1) return;
+  const int e = (static_cast<int>(blockIdx.z) * 256 + static_cast<int>(threadIdx.x)) * 4;  // [dv][dk] element
+  if (e >= kD * kD) return;
+  const int dv = e / kD, dk = e % kD;
+  const int64_t head_elems = int64_t{kD} * kD;
+  const int64_t slot_elems = int64_t{p.num_heads} * head_elems;
+  const int64_t group = row0 / kSegmentTokens;
+
+  float4 carry = make_float4(0.f, 0.f, 0.f, 0.f);
+  const int32_t slot = p.slot_ids[b];
+  if (slot >= 0 && (p.has_initial_state == nullptr || p.has_initial_state[b] != 0)) {
+    const int64_t pool_stride = p.state_stride_slot != 0 ? p.state_stride_slot : slot_elems;
+    const float* src = p.state + slot * pool_stride + h * head_elems;
+    if (p.state_layout == StateLayout::kVK) {
+      carry = *reinterpret_cast<const float4*>(src + e);
+    } else {
+      carry = make_float4(src[int64_t{dk} * kD + dv], src[int64_t{dk + 1} * kD + dv], src[int64_t{dk + 2} * kD + dv],
+                          src[int64_t{dk + 3} * kD + dv]);
+    }
+  }
+  *reinterpret_cast<float4*>(extra.first_state + group * slot_elems + h * head_elems + e) = carry;
+
+  const double x = exp(-static_cast<double>(p.slopes[h]) * static_cast<double>(kSegmentTokens));
+  const float dhi = static_cast<float>(x);
+  const float dlo = static_cast<float>(x - static_cast<double>(dhi));
+  for (int64_t i = 0; i + 1 < nseg; ++i) {
+    float4* slot_ptr = reinterpret_cast<float4*>(extra.seg_state + (group + i) * slot_elems + h * head_elems + e);
+    const float4 d = *slot_ptr;
+    carry.x = fmaf(carry.x, dhi, fmaf(carry.x, dlo, d.x));
+    carry.y = fmaf(carry.y, dhi, fmaf(carry.y, dlo, d.y));
+    carry.z = fmaf(carry.z, dhi, fmaf(carry.z, dlo, d.z));
+    carry.w = fmaf(carry.w, dhi, fmaf(carry.w, dlo, d.w));
+    *slot_ptr = carry;
+  }
+}
 
 template <int kD, int kTerms, typename Tin>
 FULGUR_KERNEL void __launch_bounds__(PrefillTile<kD>::kThreads, 1)
     prefill_kernel(PrefillParams p, PrefillExtra extra) {
-  PrefillKernel<kD, kTerms, Tin>::run(p, extra);
+  PrefillKernel<kD, kTerms, Tin>::template run<false>(p, extra);
 }
 
 template <int kD, int kTerms, typename Tin>
-cudaError_t launch_prefill(const PrefillParams& p, const PrefillExtra& extra, cudaStream_t stream) {
+FULGUR_KERNEL void __launch_bounds__(PrefillTile<kD>::kThreads, 1)
+    prefill_segment_state_kernel(PrefillParams p, PrefillExtra extra) {
+  PrefillKernel<kD, kTerms, Tin>::template run<true>(p, extra);
+}
+
+/// The launches of one prefill after the device check: segment states (when some sequence may
+/// be longer than a segment), their scan, then the main kernel.
+template <int kD, int kTerms, typename Tin>
+cudaError_t launch_prefill(const PrefillParams& p, const PrefillExtra& extra, int64_t groups, int64_t seg_items,
+                           cudaStream_t stream) {
   using Tile = PrefillTile<kD>;
-  const dim3 grid(static_cast<unsigned>(p.batch_size), static_cast<unsigned>(p.num_heads), 1);
-  return ::fulgur::detail::launch(prefill_kernel<kD, kTerms, Tin>, grid, dim3(Tile::kThreads), Tile::smem_bytes(kTerms),
-                                  stream, p, extra);
+  const size_t smem = Tile::smem_bytes(kTerms);
+  const unsigned heads = static_cast<unsigned>(p.num_heads);
+  if (groups > 0) {
+    cudaError_t e = ::fulgur::detail::launch(prefill_segment_state_kernel<kD, kTerms, Tin>,
+                                             dim3(static_cast<unsigned>(groups), heads), dim3(Tile::kThreads), smem,
+                                             stream, p, extra);
+    if (e != cudaSuccess) return e;
+    e = ::fulgur::detail::launch(prefill_scan_kernel<kD>,
+                                 dim3(static_cast<unsigned>(p.batch_size), heads, (kD * kD + 1023) / 1024), dim3(256), 0,
+                                 stream, p, extra);
+    if (e != cudaSuccess) return e;
+  }
+  return ::fulgur::detail::launch(prefill_kernel<kD, kTerms, Tin>, dim3(static_cast<unsigned>(seg_items), heads),
+                                  dim3(Tile::kThreads), smem, stream, p, extra);
 }
 
 #endif  // __CUDACC__ || FULGUR_EMULATE
@@ -624,22 +780,28 @@ inline cudaError_t prefill(void* workspace, size_t& workspace_bytes, const Prefi
   const auto ws = detail::PrefillWorkspace<::fulgur::detail::WorkspaceCarver>::carve(carver, p);
 
   cudaError_t e = ::fulgur::detail::launch(detail::prefill_check_kernel, dim3(1), dim3(detail::kCheckThreads), 0,
-                                           stream, p, ws.status, ws.ckpt_base);
+                                           stream, p, ws.status, ws.ckpt_base, ws.seg_owner, ws.part_owner, ws.groups,
+                                           ws.seg_items);
   if (e != cudaSuccess || p.batch_size == 0) return e;
 
   detail::PrefillExtra extra;
   extra.status = ws.status;
   extra.ckpt_base = (p.checkpoints != nullptr && p.checkpoint_offsets == nullptr) ? ws.ckpt_base : nullptr;
+  extra.seg_owner = ws.seg_owner;
+  extra.part_owner = ws.part_owner;
+  extra.seg_state = ws.seg_state;
+  extra.first_state = ws.first_state;
+  const int64_t groups = ws.groups, seg_items = ws.seg_items;
   // Two bf16 terms per input when one would lose precision: f16 (11 significant bits) and f32
   // inputs, and SiLU outputs (computed in fp32). bf16 inputs as is are exact in one term.
   const bool two_terms = p.qkv_dtype != DType::kBF16 || p.silu_qkv;
   return FULGUR_DISPATCH_VALUE(int, p.dk, kD, (FULGUR_LIGHTNING_HEAD_DIMS), {
     return FULGUR_DISPATCH_DTYPE(p.qkv_dtype, Tin, {
       if constexpr (DTypeOf<Tin>::value == DType::kBF16) {
-        return two_terms ? detail::launch_prefill<kD, 2, Tin>(p, extra, stream)
-                         : detail::launch_prefill<kD, 1, Tin>(p, extra, stream);
+        return two_terms ? detail::launch_prefill<kD, 2, Tin>(p, extra, groups, seg_items, stream)
+                         : detail::launch_prefill<kD, 1, Tin>(p, extra, groups, seg_items, stream);
       } else {
-        return detail::launch_prefill<kD, 2, Tin>(p, extra, stream);
+        return detail::launch_prefill<kD, 2, Tin>(p, extra, groups, seg_items, stream);
       }
     });
   });

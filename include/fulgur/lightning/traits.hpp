@@ -25,8 +25,26 @@
 #define FULGUR_LIGHTNING_HEAD_DIMS 64, 128
 #endif
 
+/// Sequence-parallel prefill: a sequence longer than this many tokens is cut into segments of
+/// this length (counted from its first token in the call), processed in parallel and stitched
+/// together through their states (docs/lightning.md, "Segments"). A multiple of 64. The cut
+/// depends only on the sequence itself, never on the rest of the batch, so results stay batch
+/// invariant. Overridable at build time (the tests use a small value to exercise it cheaply).
+#ifndef FULGUR_LIGHTNING_SEGMENT_TOKENS
+#define FULGUR_LIGHTNING_SEGMENT_TOKENS 1024
+#endif
+
 FULGUR_NAMESPACE_BEGIN
 namespace lightning {
+
+constexpr int64_t kSegmentTokens = FULGUR_LIGHTNING_SEGMENT_TOKENS;
+static_assert(kSegmentTokens >= 64 && kSegmentTokens % 64 == 0,
+              "FULGUR_LIGHTNING_SEGMENT_TOKENS must be a positive multiple of 64");
+
+/// Number of segments of a sequence of n tokens (1 for n <= kSegmentTokens, including n = 0).
+FULGUR_HOST_DEVICE inline int64_t segment_count(int64_t n) {
+  return n <= kSegmentTokens ? 1 : (n + kSegmentTokens - 1) / kSegmentTokens;
+}
 
 // ---- tiles -------------------------------------------------------------------------------------
 
@@ -99,18 +117,41 @@ enum class PrefillArrayError : int32_t {
 // ---- workspace ----------------------------------------------------------------------------
 
 namespace detail {
-/// The prefill workspace, carved the same way for the size query and the launch:
-///   status       int32[4]   PrefillArrayError of this call in element 0
-///   ckpt_base    int32[B+1] first checkpoint row of each sequence (packed layout only)
+/// The prefill workspace, carved the same way for the size query and the launch. With
+/// L = kSegmentTokens and G = floor(T / L) (T = num_tokens):
+///   status       int32[4]    PrefillArrayError of this call in element 0
+///   ckpt_base    int32[B+1]  first checkpoint row of each sequence (packed layout only)
+///   seg_owner    int32[B+G+1] work item -> sequence of the main kernel (-1: no work)
+///   part_owner   int32[G]    work item -> sequence of the segment-state kernel (-1: none)
+///   seg_state    fp32[G, H, d, d]  [dv][dk]: a segment's own contribution, then (after the scan)
+///                              the state at the start of the next segment
+///   first_state  fp32[G, H, d, d]  [dv][dk]: the initial state of a multi-segment sequence
+/// Segment i of sequence b (a full L-token range when it is not the last) uses seg_state slot
+/// floor(cu[b] / L) + i and first_state slot floor(cu[b] / L): two such full ranges of the packed
+/// token array are disjoint, so their floors differ, and every slot is below G. The main
+/// kernel's work item of (b, i) is b + floor(cu[b] / L) + i, unique for the same reason.
 template <typename Carver>
 struct PrefillWorkspace {
   int32_t* status = nullptr;
   int32_t* ckpt_base = nullptr;
+  int32_t* seg_owner = nullptr;
+  int32_t* part_owner = nullptr;
+  float* seg_state = nullptr;
+  float* first_state = nullptr;
+  int64_t groups = 0;    // G
+  int64_t seg_items = 0;  // B + G + 1
   static PrefillWorkspace carve(Carver& c, const PrefillParams& p) {
     PrefillWorkspace w;
+    w.groups = p.num_tokens / kSegmentTokens;
+    w.seg_items = int64_t{p.batch_size} + w.groups + 1;
     w.status = c.template take<int32_t>(4);
     const bool packed_ckpt = p.checkpoints != nullptr && p.checkpoint_offsets == nullptr;
     w.ckpt_base = c.template take<int32_t>(packed_ckpt ? static_cast<size_t>(p.batch_size) + 1 : 0);
+    w.seg_owner = c.template take<int32_t>(static_cast<size_t>(w.seg_items));
+    w.part_owner = c.template take<int32_t>(static_cast<size_t>(w.groups));
+    const size_t state_elems = static_cast<size_t>(w.groups) * p.num_heads * p.dk * p.dv;
+    w.seg_state = c.template take<float>(state_elems);
+    w.first_state = c.template take<float>(state_elems);
     return w;
   }
 };
@@ -149,7 +190,9 @@ inline Status check_qkv_alignment(const P& p, bool any_rows, const char* what_pt
 }  // namespace detail
 
 /// Bytes of workspace prefill() needs for these parameters (also what a null-workspace call
-/// reports). Always at least 256: the device status word lives there.
+/// reports): about 2 * floor(num_tokens / kSegmentTokens) * H * dk * dv * 4 bytes for the
+/// segment states (0 when no sequence can be longer than a segment), plus a few small arrays.
+/// Always at least 256: the device status word lives there.
 inline size_t prefill_workspace_bytes(const PrefillParams& p) {
   ::fulgur::detail::WorkspaceCarver c(nullptr);
   detail::PrefillWorkspace<::fulgur::detail::WorkspaceCarver>::carve(c, p);
@@ -177,6 +220,8 @@ inline Status can_implement(const PrefillParams& p) {
     return Status::not_supported("lightning prefill: o_dtype must be bf16, f16 or f32");
   }
   FULGUR_CHECK_ARG(p.num_heads <= 65535, "lightning prefill: num_heads must be <= 65535 (grid y)");
+  FULGUR_CHECK_ARG(int64_t{p.batch_size} + p.num_tokens / kSegmentTokens + 1 <= INT32_MAX,
+                   "lightning prefill: batch_size + num_tokens / segment length must fit the grid");
   FULGUR_RETURN_IF_ERROR(detail::check_qkv_alignment(p, p.num_tokens > 0,
                                                      "lightning prefill: q, k, v must be 16-byte aligned",
                                                      "lightning prefill: q/k/v strides must be multiples of 16 "

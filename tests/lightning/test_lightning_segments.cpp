@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+// The sequence-parallel path of the prefill (segments, traits.hpp): built with
+// FULGUR_LIGHTNING_SEGMENT_TOKENS=128 (tests/lightning/CMakeLists.txt) so that short, cheap
+// sequences already span several segments: every length around the segment edges, empty and
+// one-token sequences beside long ones, slot -1, has_initial_state 0, both state layouts,
+// checkpoints inside and at the ends of segments, two-term inputs; against the fp64 recurrence
+// (tolerances: lt_test::tolerance_for), plus determinism and batch invariance, bitwise.
+// The default segment length (1024) runs in test_lightning_prefill (4096 tokens) and
+// test_lightning_drift (65,536 tokens).
+#include "lightning_test.hpp"
+
+using namespace lt_test;
+
+static_assert(lt::kSegmentTokens == 128, "this test is built with FULGUR_LIGHTNING_SEGMENT_TOKENS=128");
+
+namespace {
+
+Worst check_case(const PrefillCase& c, const std::string& name) {
+  Rng rng(name);
+  FULGUR_INFO_SEED(rng);
+  INFO(name);
+  const PrefillProblem pb(c, rng);
+  const PrefillResult got = pb.run_kernel();
+  const PrefillResult ref = pb.run_reference();
+  return compare(pb, got, ref, tolerance_for(c.out));
+}
+
+}  // namespace
+
+TEST_CASE("lightning prefill segments: lengths around the segment edges, slots, checkpoints", "[lightning]") {
+  for (int d : {64, 128})
+    for (StateLayout layout : {StateLayout::kKV, StateLayout::kVK}) {
+      if (light() && d == 128) continue;
+      PrefillCase c;
+      c.d = d;
+      c.H = 2;
+      c.layout = layout;
+      c.out = DType::kF32;
+      c.lens = light() ? std::vector<int>{129, 0, 300} : std::vector<int>{0, 1, 128, 129, 255, 64, 257, 700, 256};
+      c.slots = light() ? std::vector<int32_t>{0, 1, 2} : std::vector<int32_t>{0, 1, 2, 3, -1, 4, 5, 6, -1};
+      c.has_init = light() ? std::vector<uint8_t>{1, 1, 0} : std::vector<uint8_t>{1, 0, 1, 1, 1, 1, 0, 1, 1};
+      c.ckpt_interval = 64;  // checkpoints inside segments and at their ends
+      INFO("d " << d << (layout == StateLayout::kVK ? ", [dv][dk]" : ", [dk][dv]"));
+      const Worst w = check_case(c, "segments d" + std::to_string(d));
+      WARN("segments, d " << d << ": worst rel RMSE o " << w.o << ", state " << w.state);
+    }
+}
+
+TEST_CASE("lightning prefill segments: two-term inputs, slow and fast decay", "[lightning]") {
+  PrefillCase c;
+  c.d = 64;
+  c.H = 3;
+  c.in = DType::kF16;
+  c.silu = true;
+  c.slopes = {0.9f, 0.01f, 4.9e-5f};
+  c.lens = light() ? std::vector<int>{260} : std::vector<int>{513, 1, 200};
+  c.ckpt_interval = 128;
+  c.ckpt_offsets = true;
+  check_case(c, "segments two terms");
+}
+
+TEST_CASE("lightning prefill segments: deterministic and batch invariant (bitwise)", "[lightning]") {
+  Rng rng("segments invariance");
+  PrefillCase c;
+  c.d = 64;
+  c.H = 2;
+  c.lens = light() ? std::vector<int>{130, 3} : std::vector<int>{300, 5, 129, 0, 400};
+  c.ckpt_interval = 64;
+  const PrefillProblem pb(c, rng);
+  const PrefillResult a = pb.run_kernel(), b = pb.run_kernel();
+  CHECK(a.o == b.o);
+  CHECK(std::memcmp(a.pool.data(), b.pool.data(), a.pool.size() * 4) == 0);
+  CHECK(std::memcmp(a.ckpt.data(), b.ckpt.data(), a.ckpt.size() * 4) == 0);
+  const size_t es = fulgur::dtype_size(c.out);
+  for (int s = 0; s < pb.B; ++s) {
+    const PrefillProblem one = pb.single(s);
+    const PrefillResult r = one.run_kernel();
+    REQUIRE(r.err == cudaSuccess);
+    INFO("sequence " << s);
+    const size_t row_bytes = static_cast<size_t>(pb.o_stride_token()) * es;
+    CHECK(std::memcmp(r.o.data(), a.o.data() + pb.cu[s] * row_bytes, c.lens[s] * row_bytes) == 0);
+    const int64_t n = pb.slot_stride();
+    CHECK(std::memcmp(r.pool.data(), a.pool.data() + pb.slots[s] * n, n * 4) == 0);
+  }
+}
+
+TEST_CASE("lightning prefill segments: workspace size", "[lightning]") {
+  lt::PrefillParams p;
+  p.batch_size = 3;
+  p.num_heads = 2;
+  p.dk = p.dv = 64;
+  p.num_tokens = 1000;  // floor(1000 / 128) = 7 segment slots of 2 x 64 x 64 floats, twice
+  const size_t states = 2 * 7 * size_t{2 * 64 * 64} * sizeof(float);
+  CHECK(lt::prefill_workspace_bytes(p) >= states);
+  CHECK(lt::prefill_workspace_bytes(p) <= states + 4 * 256 + 64 * 4);
+  p.num_tokens = 127;  // no sequence can span two segments: only the small arrays
+  CHECK(lt::prefill_workspace_bytes(p) <= 4 * 256);
+}
