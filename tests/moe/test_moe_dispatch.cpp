@@ -177,7 +177,8 @@ TEST_CASE("gather: every dtype pair, every view, both paths", "[moe][gather]") {
         c.H = 64;
         check_gather(c, maps.compact, rng, "compact");
         c.H = 136, c.in_pad = 8, c.out_pad = 24;  // multiples of 8: still the vector path
-        check_gather(c, maps.tiled, rng, "tiled (sentinel rows)");
+        // The tile-padded map has T*k + E*15 rows: once in the sanitizer builds.
+        if (!kLight || (in == out && !scale)) check_gather(c, maps.tiled, rng, "tiled (sentinel rows)");
         c.H = 40, c.in_pad = 0, c.out_pad = 0, c.misalign = true;  // the element path
         check_gather(c, maps.masked, rng, "masked, misaligned");
         c.H = 7, c.misalign = false;  // H not a multiple of the vector

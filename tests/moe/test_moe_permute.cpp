@@ -280,7 +280,7 @@ TEST_CASE("permute: both paths match the stable-sort oracle", "[moe][permute]") 
 }
 
 TEST_CASE("permute: large T, many chunks (multi-block path)", "[moe][permute]") {
-  // DeepSeek-V3 shapes: E = 256, k = 8, tile 64; 8192 tokens are 16 chunks of 4096 rows.
+  // DeepSeek-V3 shapes: E = 256, k = 8, tile 64; 8192 tokens are 64 chunks of 1024 rows.
   Views v{true, 64, 512, true, 8, true};
   check_case(sized(8192, 64), 8, 256, v, Dist::kDistinct, "deepseek");
   // A hot expert spanning many chunks; repeats inside a token.
@@ -310,6 +310,10 @@ TEST_CASE("permute: views, tiles and ranks", "[moe][permute]") {
   // one row more.
   check_case(512, 8, 128, Views{true, 32, 40, true, 4, true}, Dist::kDistinct, "full chunk");
   if (!kLight) check_case(4097, 1, 128, Views{true, 32, 40, true, 4, true}, Dist::kDistinct, "chunk + 1");
+  // Multi-block chunk boundaries: exactly one chunk, one row more, k not dividing the chunk.
+  check_case(fm::detail::kScatterChunk / 8, 8, 60, Views{true, 16, 8, true, 4, true}, Dist::kDistinct, "one chunk");
+  check_case(fm::detail::kScatterChunk + 1, 1, 60, Views{true, 16, 8, true, 4, true}, Dist::kHot, "one chunk + 1");
+  check_case(sized(700, 7), 3, 60, Views{true, 16, 8, true, 4, true}, Dist::kRepeats, "k = 3");
 }
 
 TEST_CASE("permute: deterministic, and auto picks a path that agrees", "[moe][permute]") {

@@ -9,7 +9,7 @@
 //     (expert, i) pairs stably (primitives::BlockRadixSort, 4-bit passes over bit_width(E) bits),
 //     so sorted position == permuted row; expert offsets come from the segment heads, a block
 //     scan of the tile-padded counts gives the tile view, and every view is written by that block.
-//   multi block (any T*k): chunks of 4096 rows.
+//   multi block (any T*k): chunks of kScatterChunk = 1024 rows.
 //     1. count:    per-chunk expert histogram (shared-memory integer atomics), written
 //                  expert-major to the workspace as counts[e * B + b]; expert-parallel per-chunk
 //                  rank counts; token_in_rank for the chunk's tokens;
@@ -48,13 +48,19 @@ namespace detail {
 
 constexpr int kPermuteThreads = 256;
 constexpr int kPermuteItems = 16;
-/// Rows per block of the sort (single-block capacity and multi-block chunk).
+/// Rows of the single-block path (its capacity).
 constexpr int kPermuteChunk = kPermuteThreads * kPermuteItems;
+/// Rows per chunk of the multi-block path: smaller than the single block's capacity, so that
+/// T = 8K, k = 8 spreads over 64 blocks rather than 16 (the count table grows to E * 64 entries,
+/// a few hundred KB at most for realistic E).
+constexpr int kScatterItems = 4;
+constexpr int kScatterChunk = kPermuteThreads * kScatterItems;
 /// Experts per thread in the block scans over experts (E <= kMaxExperts).
 constexpr int kPermuteExpertItems = kMaxExperts / kPermuteThreads;
 static_assert(kPermuteExpertItems * kPermuteThreads == kMaxExperts, "");
 
 using PermuteSort = primitives::BlockRadixSort<uint32_t, int32_t, kPermuteThreads, kPermuteItems, 4>;
+using ScatterSort = primitives::BlockRadixSort<uint32_t, int32_t, kPermuteThreads, kScatterItems, 4>;
 using PermuteScan = primitives::BlockScan<int32_t, kPermuteThreads>;
 
 FULGUR_HOST_DEVICE FULGUR_FORCEINLINE int bit_width(uint32_t v) {
@@ -78,37 +84,40 @@ struct PermuteSmem {
 };
 
 struct ScatterSmem {
-  PermuteSort::TempStorage sort;
+  ScatterSort::TempStorage sort;
   int32_t last_key[kPermuteThreads];
   PermuteScan::TempStorage scan;
 };
 
-/// Loads rows [begin, begin + kPermuteChunk) as (expert, expanded index) pairs (rows past N get
-/// the key E, which sorts last) and sorts them stably by expert. Ends with a barrier.
-FULGUR_DEVICE FULGUR_FORCEINLINE void load_sort_chunk(const PermuteParams& p, int64_t begin,
-                                                      uint32_t (&keys)[kPermuteItems], int32_t (&vals)[kPermuteItems],
-                                                      PermuteSort::TempStorage& storage) {
+/// Loads rows [begin, begin + kPermuteThreads * kItems) as (expert, expanded index) pairs (rows
+/// past N get the key E, which sorts last) and sorts them stably by expert. Ends with a barrier.
+template <int kItems>
+FULGUR_DEVICE FULGUR_FORCEINLINE void load_sort_chunk(
+    const PermuteParams& p, int64_t begin, uint32_t (&keys)[kItems], int32_t (&vals)[kItems],
+    typename primitives::BlockRadixSort<uint32_t, int32_t, kPermuteThreads, kItems, 4>::TempStorage& storage) {
   const int64_t N = p.num_tokens * p.top_k;
   const int tid = static_cast<int>(threadIdx.x);
   FULGUR_UNROLL
-  for (int i = 0; i < kPermuteItems; ++i) {
-    const int64_t q = begin + tid * kPermuteItems + i;
+  for (int i = 0; i < kItems; ++i) {
+    const int64_t q = begin + tid * kItems + i;
     keys[i] = q < N ? static_cast<uint32_t>(p.topk_ids[q]) : static_cast<uint32_t>(p.num_experts);
     vals[i] = static_cast<int32_t>(q);
   }
-  PermuteSort(storage).sort(keys, vals, 0, bit_width(static_cast<uint32_t>(p.num_experts)));
+  primitives::BlockRadixSort<uint32_t, int32_t, kPermuteThreads, kItems, 4>(storage).sort(
+      keys, vals, 0, bit_width(static_cast<uint32_t>(p.num_experts)));
 }
 
 /// The key before each of this thread's sorted items (-1 before position 0). Uses last_key;
 /// contains a barrier.
-FULGUR_DEVICE FULGUR_FORCEINLINE void previous_keys(const uint32_t (&keys)[kPermuteItems], int32_t* last_key,
-                                                    int32_t (&prev)[kPermuteItems]) {
+template <int kItems>
+FULGUR_DEVICE FULGUR_FORCEINLINE void previous_keys(const uint32_t (&keys)[kItems], int32_t* last_key,
+                                                    int32_t (&prev)[kItems]) {
   const int tid = static_cast<int>(threadIdx.x);
-  last_key[tid] = static_cast<int32_t>(keys[kPermuteItems - 1]);
+  last_key[tid] = static_cast<int32_t>(keys[kItems - 1]);
   __syncthreads();
   prev[0] = tid == 0 ? -1 : last_key[tid - 1];
   FULGUR_UNROLL
-  for (int i = 1; i < kPermuteItems; ++i) prev[i] = static_cast<int32_t>(keys[i - 1]);
+  for (int i = 1; i < kItems; ++i) prev[i] = static_cast<int32_t>(keys[i - 1]);
 }
 
 /// Writes every output of one real row: expert e, expanded index i, permuted row r; off_e and
@@ -236,7 +245,7 @@ FULGUR_DEVICE void permute_single_block(const PermuteParams& p, PermuteSmem& sme
 
   uint32_t keys[kPermuteItems];
   int32_t vals[kPermuteItems];
-  load_sort_chunk(p, 0, keys, vals, smem.u.sort);
+  load_sort_chunk<kPermuteItems>(p, 0, keys, vals, smem.u.sort);
 
   // Sorted position == permuted row. A segment head at position q with key e (previous key pe)
   // starts experts pe+1 .. e: they all begin at q (the ones between are empty). Padding rows
@@ -293,8 +302,8 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
   const int E = p.num_experts;
   const int64_t N = p.num_tokens * p.top_k;
   const int64_t b = blockIdx.x;
-  const int64_t begin = b * kPermuteChunk;
-  const int64_t end = begin + kPermuteChunk < N ? begin + kPermuteChunk : N;
+  const int64_t begin = b * kScatterChunk;
+  const int64_t end = begin + kScatterChunk < N ? begin + kScatterChunk : N;
 
   for (int e = tid; e < E; e += kPermuteThreads) hist[e] = 0;
   __syncthreads();
@@ -319,7 +328,7 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
     // Chunk b owns the tokens whose first row lies in it.
     const int64_t k = p.top_k;
     const int64_t t0 = (begin + k - 1) / k;
-    int64_t t1 = (begin + kPermuteChunk + k - 1) / k;
+    int64_t t1 = (begin + kScatterChunk + k - 1) / k;
     if (t1 > p.num_tokens) t1 = p.num_tokens;
     if (t0 < t1) write_token_in_rank(p, t0, t1);
   }
@@ -352,22 +361,22 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
   const int64_t b = blockIdx.x;
   const int64_t N = p.num_tokens * p.top_k;
 
-  uint32_t keys[kPermuteItems];
-  int32_t vals[kPermuteItems];
-  load_sort_chunk(p, b * kPermuteChunk, keys, vals, smem.sort);
-  int32_t prev[kPermuteItems];
+  uint32_t keys[kScatterItems];
+  int32_t vals[kScatterItems];
+  load_sort_chunk<kScatterItems>(p, b * kScatterChunk, keys, vals, smem.sort);
+  int32_t prev[kScatterItems];
   previous_keys(keys, smem.last_key, prev);
   // Segment start of each position: inclusive max-scan of the head positions.
-  int32_t head[kPermuteItems], seg[kPermuteItems];
+  int32_t head[kScatterItems], seg[kScatterItems];
   FULGUR_UNROLL
-  for (int i = 0; i < kPermuteItems; ++i)
-    head[i] = static_cast<int32_t>(keys[i]) != prev[i] ? tid * kPermuteItems + i : 0;
+  for (int i = 0; i < kScatterItems; ++i)
+    head[i] = static_cast<int32_t>(keys[i]) != prev[i] ? tid * kScatterItems + i : 0;
   PermuteScan(smem.scan).inclusive_scan(head, seg, primitives::Max{});
   FULGUR_UNROLL
-  for (int i = 0; i < kPermuteItems; ++i) {
+  for (int i = 0; i < kScatterItems; ++i) {
     if (vals[i] < N) {
       const int32_t e = static_cast<int32_t>(keys[i]);
-      const int32_t r = block_offsets[e * static_cast<int64_t>(B) + b] + (tid * kPermuteItems + i - seg[i]);
+      const int32_t r = block_offsets[e * static_cast<int64_t>(B) + b] + (tid * kScatterItems + i - seg[i]);
       write_row(p, e, vals[i], r, ws_off[e], p.sorted_token_ids != nullptr ? ws_pad[e] : 0);
     }
   }
@@ -390,7 +399,7 @@ inline PermutePath resolve_path(const PermuteParams& p, PermutePath path) {
 }
 
 inline int64_t permute_chunks(const PermuteParams& p) {
-  const int64_t n = (p.num_tokens * p.top_k + kPermuteChunk - 1) / kPermuteChunk;
+  const int64_t n = (p.num_tokens * p.top_k + kScatterChunk - 1) / kScatterChunk;
   return n > 0 ? n : 1;
 }
 
