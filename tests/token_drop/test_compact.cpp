@@ -190,6 +190,8 @@ TEST_CASE("token_drop compact kernel: equals the reference, every output, every 
   const int64_t D = kSlowBackend ? 64 : 512;
   for (PositionMode mode : {PositionMode::kRenumber, PositionMode::kKeepOriginal}) {
     for (int P : {1, 3}) {
+      // The thread backend runs two of the four combinations (each code path once).
+      if (kSlowBackend && (P == 3) != (mode == PositionMode::kKeepOriginal)) continue;
       DYNAMIC_SECTION("mode " << static_cast<int>(mode) << " rows " << P) {
         // Keep counts: half, a quarter, 3/8 of the others; keep = 0 and keep = N spans.
         Problem pr(rng, bt, {288, 0, 120, 16, 32}, P, mode);
