@@ -256,3 +256,22 @@ TEST_CASE("token_drop score kernel: bad input is rejected and writes nothing", "
     for (float x : read(scores)) CHECK(std::isnan(x));
   }
 }
+
+TEST_CASE("token_drop score: row parts and launch-1 blocks per row", "[token_drop][score]") {
+  namespace d = td::detail;
+  // Parts are at most 32, at least 64 keys (a multiple of 64), and cover the row exactly; launch
+  // 1's blocks per row equal the most parts any row up to total_rows keys can have.
+  int most = 0;
+  for (int64_t n = 1; n <= 6000; ++n) {
+    const int64_t len = d::score_part_len(n);
+    const int parts = d::score_num_parts(n);
+    CHECK(len % 64 == 0);
+    CHECK(parts <= 32);
+    CHECK((parts - 1) * len < n);
+    CHECK(parts * len >= n);
+    most = std::max(most, parts);
+    CHECK(d::score_grid_parts(n) == most);
+  }
+  CHECK(d::score_num_parts(640) == 10);   // LLaVA-1.5: 10 parts of 64
+  CHECK(d::score_num_parts(2955) == 24);  // LLaVA-NeXT: 24 parts of 128
+}

@@ -76,6 +76,16 @@ FULGUR_HOST_DEVICE constexpr int score_num_parts(int64_t n) {
   return n <= 0 ? 0 : static_cast<int>(ceil_div(n, score_part_len(n)));
 }
 
+/// The most parts any row of at most `rows` keys has (parts are not monotone in n: 2,048 keys make
+/// 32 parts of 64, 2,049 make 17 of 128). Launch 1 needs only this many blocks per query row, a
+/// bound the host computes from total_rows, so short batches do not launch 32 mostly empty blocks
+/// per row (which costs little on a GPU but a lot under the emulation's thread backend).
+FULGUR_HOST_DEVICE constexpr int score_grid_parts(int64_t rows) {
+  return rows >= int64_t{kScorePartGrain} * kScoreMaxParts
+             ? kScoreMaxParts
+             : static_cast<int>(ceil_div(rows < 1 ? 1 : rows, kScorePartGrain));
+}
+
 /// Lanes that share one key row's dot product: enough for one vector each, a power of two <= 32.
 FULGUR_HOST_DEVICE constexpr int score_group_lanes(int head_dim, int vec) {
   const int nvec = (head_dim + vec - 1) / vec;

@@ -75,12 +75,13 @@ FULGUR_DEVICE FULGUR_FORCEINLINE Stats stats_merge(Stats a, Stats b) {
 
 /// Derived sizes of a score launch, the same in every kernel of it.
 struct ScoreGeometry {
-  int heads;     // H_q
-  int kv_heads;  // H_kv
-  int group;     // H_q / H_kv query heads per kv head
-  int head_dim;  // d
-  int lanes;     // lanes per key row (score_group_lanes)
-  float scale;   // multiplies q . k
+  int heads;       // H_q
+  int kv_heads;    // H_kv
+  int group;       // H_q / H_kv query heads per kv head
+  int head_dim;    // d
+  int lanes;       // lanes per key row (score_group_lanes)
+  int grid_parts;  // launch 1's blocks per query row (score_grid_parts(total_rows))
+  float scale;     // multiplies q . k
 };
 
 inline ScoreGeometry make_geometry(const ScoreParams& p, int vec) {
@@ -90,6 +91,7 @@ inline ScoreGeometry make_geometry(const ScoreParams& p, int vec) {
   g.group = p.num_heads / p.num_kv_heads;
   g.head_dim = p.head_dim;
   g.lanes = score_group_lanes(p.head_dim, vec);
+  g.grid_parts = score_grid_parts(p.layout.total_rows);
   // The default 1/sqrt(d) is rounded once from double, as the reference computes it.
   g.scale =
       p.softmax_scale == 0.0f ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.head_dim))) : p.softmax_scale;
@@ -300,19 +302,18 @@ FULGUR_DEVICE FULGUR_FORCEINLINE float finish_score(const ScoreParams& p, float 
 // ---------------------------------------------------------------------------------------------
 // Kernels.
 
-/// Launch 1: grid (num_queries * kScoreMaxParts, H_kv). Writes partials[(q * H + h) *
-/// kScoreMaxParts + part] and, when `logits` is given (one query row per sequence), the image
-/// keys' logits, logits[h * num_image_tokens + image token]. Reads only the metadata of its own
-/// query row, each value checked before use; a row the second launch would reject is simply
-/// skipped (that launch writes nothing then).
+/// Launch 1: grid (num_queries * grid_parts, H_kv), grid_parts = score_grid_parts(total_rows). Writes partials[(q * H +
+/// h) * kScoreMaxParts + part] and, when `logits` is given (one query row per sequence), the image keys' logits,
+/// logits[h * num_image_tokens + image token]. Reads only the metadata of its own query row, each value checked before
+/// use; a row the second launch would reject is simply skipped (that launch writes nothing then).
 template <typename T, int V>
 FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
     score_partials_kernel(ScoreParams p, ScoreGeometry g, Stats* partials, float* logits) {
   FULGUR_DYNAMIC_SMEM(float, smem);
   __shared__ typename BlockSum::TempStorage offset_storage;
   const BatchLayout& l = p.layout;
-  const int64_t qi = static_cast<int64_t>(blockIdx.x) / kScoreMaxParts;
-  const int part = static_cast<int>(blockIdx.x % kScoreMaxParts);
+  const int64_t qi = static_cast<int64_t>(blockIdx.x) / g.grid_parts;
+  const int part = static_cast<int>(blockIdx.x % g.grid_parts);
   const int kvh = static_cast<int>(blockIdx.y);
   int64_t b = qi;
   if (p.cu_queries != nullptr) b = segment_of(p.cu_queries, l.batch, qi);
@@ -421,7 +422,7 @@ template <typename T, int V>
 cudaError_t launch_score(const ScoreParams& p, Stats* partials, float* logits, cudaStream_t stream) {
   const ScoreGeometry g = make_geometry(p, V);
   if (p.num_queries > 0) {  // no query rows: launch 2 rejects the batch (images need queries)
-    const dim3 grid1(static_cast<unsigned>(p.num_queries * kScoreMaxParts), static_cast<unsigned>(p.num_kv_heads));
+    const dim3 grid1(static_cast<unsigned>(p.num_queries * g.grid_parts), static_cast<unsigned>(p.num_kv_heads));
     const cudaError_t e = ::fulgur::detail::launch(score_partials_kernel<T, V>, grid1, dim3(kThreads),
                                                    score_partials_smem(p), stream, p, g, partials, logits);
     if (e != cudaSuccess) return e;
