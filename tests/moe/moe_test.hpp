@@ -28,9 +28,9 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 /// Unit roundoff of fp32 (round to nearest): every fp32 operation errs by at most u * |result|.
 constexpr double kU32 = 1.0 / (1 << 24);
 
-/// The sanitizer builds (thread backend: one OS thread per CUDA thread, ~100x slower) run smaller
-/// shapes; the Release build runs the full set.
-#if (defined(FULGUR_EMU_THREADS) && FULGUR_EMU_THREADS) || defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+/// The ThreadSanitizer build (thread backend: one OS thread per CUDA thread, ~100x slower) runs
+/// smaller shapes; the Release and AddressSanitizer (fiber backend) builds run the full set.
+#if (defined(FULGUR_EMU_THREADS) && FULGUR_EMU_THREADS) || defined(__SANITIZE_THREAD__)
 constexpr bool kLight = true;
 #else
 constexpr bool kLight = false;
