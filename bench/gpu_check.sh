@@ -80,7 +80,7 @@ if [ $dry = 1 ]; then
     gen=()
     [ -f "$bdir/CMakeCache.txt" ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
     say "configure $bdir (sm_90a)"
-    if ! cmake -S . -B "$bdir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON \
+    if ! cmake -S . -B "$bdir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_BUILD_GPU_TESTS=ON \
       -DFULGUR_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_ARCHITECTURES=90a -DFULGUR_BENCH_ARCHITECTURES=90a \
       -DFULGUR_BUILD_EXAMPLES=OFF -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1; then
       tail -30 "$out/build.log"; bad "configure"; echo "0 passed, 1 failed"; exit 1
@@ -162,7 +162,7 @@ if [ -z "${FULGUR_GPU_CHECK_PREBUILT:-}" ]; then
   gen=()
   [ -f build-gpu/CMakeCache.txt ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
   say "configure and build (sm_$arch, $jobs jobs)"
-  cmake -S . -B build-gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
+  cmake -S . -B build-gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_BUILD_GPU_TESTS=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
     -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFULGUR_BENCH_ARCHITECTURES="$arch" -DFULGUR_BUILD_EXAMPLES=OFF \
     -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1
 fi
