@@ -178,7 +178,9 @@ FULGUR_DEVICE void score_part(const ScoreParams& p, const ScoreGeometry& g, int6
       float acc[kHeadChunk];
       dot_heads<T, V>(krow, qs + h0 * d, d, lanes, lig, nh, valid, acc);
       if (valid) {
-        const int64_t image = logits != nullptr && lig == 0 ? image_index(j) : -1;
+        // (An index outside the slab can only come from metadata launch 2 rejects: not stored.)
+        int64_t image = logits != nullptr && lig == 0 ? image_index(j) : -1;
+        if (image >= logit_stride) image = -1;
         FULGUR_UNROLL
         for (int hh = 0; hh < kHeadChunk; ++hh) {
           if (hh < nh) {
