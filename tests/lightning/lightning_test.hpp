@@ -28,9 +28,11 @@ using fulgur::DType;
 using fulgur_test::Rng;
 using lt::StateLayout;
 
-/// The TSan build runs one OS thread per CUDA thread (~100x slower): heavy cases shrink there.
+/// Sanitizer builds shrink the heavy cases: the TSan build runs one OS thread per CUDA thread
+/// (~100x slower), the ASan build is -O1 with checked accesses (~4x). The Release build runs the
+/// full sizes.
 inline bool light() {
-#if defined(FULGUR_EMU_THREADS) && FULGUR_EMU_THREADS
+#if (defined(FULGUR_EMU_THREADS) && FULGUR_EMU_THREADS) || defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   return true;
 #else
   return false;
@@ -100,36 +102,36 @@ struct Blob {
 // ---- prefill problems ---------------------------------------------------------------------------
 
 struct PrefillCase {
-  std::vector<int> lens;         // sequence lengths (0 allowed)
-  int H = 2;                     // heads
-  int d = 64;                    // dk = dv
-  DType in = DType::kBF16;       // q, k, v dtype
-  DType out = DType::kBF16;      // o dtype
-  bool fused = false;            // q|k|v of a head contiguous: [T, H, 3, d]
-  int head_pad = 0;              // extra elements between heads (dense layout; multiple of 8)
-  bool silu = false;             // fused SiLU (inputs are then raw randn)
-  bool zero_mean = false;        // randn inputs instead of SiLU(randn)
-  std::vector<float> slopes;     // [H]; empty: MiniMax layer 40, heads spread
+  std::vector<int> lens;      // sequence lengths (0 allowed)
+  int H = 2;                  // heads
+  int d = 64;                 // dk = dv
+  DType in = DType::kBF16;    // q, k, v dtype
+  DType out = DType::kBF16;   // o dtype
+  bool fused = false;         // q|k|v of a head contiguous: [T, H, 3, d]
+  int head_pad = 0;           // extra elements between heads (dense layout; multiple of 8)
+  bool silu = false;          // fused SiLU (inputs are then raw randn)
+  bool zero_mean = false;     // randn inputs instead of SiLU(randn)
+  std::vector<float> slopes;  // [H]; empty: MiniMax layer 40, heads spread
   float scale = 1.f;
   StateLayout layout = StateLayout::kKV;
-  std::vector<int32_t> slots;    // [B]; empty: slot b for sequence b
-  int64_t extra_slots = 2;       // pool slots no sequence uses (must stay untouched)
-  std::vector<uint8_t> has_init; // [B]; empty: null (all 1)
-  double init_scale = 1.0;       // magnitude of the pool's initial contents (0: zero states)
-  int64_t ckpt_interval = 0;     // 0: no checkpoints
-  bool ckpt_offsets = false;     // explicit per-sequence offsets (one spare row each) vs packed
-  int64_t pad_rows = 3;          // rows of q/k/v/o past cu[B] (o there must stay untouched)
-  int pool_layers = 1;           // > 1: the pool holds [slots, layers, H, d, d] (state_stride_slot)
-  int pool_layer = 0;            // ... and this call uses this layer
+  std::vector<int32_t> slots;     // [B]; empty: slot b for sequence b
+  int64_t extra_slots = 2;        // pool slots no sequence uses (must stay untouched)
+  std::vector<uint8_t> has_init;  // [B]; empty: null (all 1)
+  double init_scale = 1.0;        // magnitude of the pool's initial contents (0: zero states)
+  int64_t ckpt_interval = 0;      // 0: no checkpoints
+  bool ckpt_offsets = false;      // explicit per-sequence offsets (one spare row each) vs packed
+  int64_t pad_rows = 3;           // rows of q/k/v/o past cu[B] (o there must stay untouched)
+  int pool_layers = 1;            // > 1: the pool holds [slots, layers, H, d, d] (state_stride_slot)
+  int pool_layer = 0;             // ... and this call uses this layer
 };
 
 /// Results read back from one run, in dense views.
 struct PrefillResult {
   cudaError_t err = cudaSuccess;
   lt::PrefillArrayError device_status = lt::PrefillArrayError::kOk;
-  std::vector<unsigned char> o;      // o buffer bytes
-  std::vector<float> pool;           // whole pool
-  std::vector<float> ckpt;           // whole checkpoint buffer
+  std::vector<unsigned char> o;  // o buffer bytes
+  std::vector<float> pool;       // whole pool
+  std::vector<float> ckpt;       // whole checkpoint buffer
 };
 
 class PrefillProblem {
@@ -496,13 +498,13 @@ struct DecodeCase {
   int d = 64;
   DType in = DType::kBF16;
   DType out = DType::kBF16;
-  bool fused = false;             // q|k|v of a head contiguous: [B, H, 3, d]
+  bool fused = false;  // q|k|v of a head contiguous: [B, H, 3, d]
   bool silu = false;
   bool zero_mean = false;
-  std::vector<float> slopes;      // [H]; empty: MiniMax layer 40, heads spread
+  std::vector<float> slopes;  // [H]; empty: MiniMax layer 40, heads spread
   float scale = 1.f;
   StateLayout layout = StateLayout::kKV;
-  std::vector<int32_t> slots;     // [B]; empty: slot b
+  std::vector<int32_t> slots;  // [B]; empty: slot b
   int64_t extra_slots = 2;
   double init_scale = 1.0;
 };

@@ -33,6 +33,7 @@ TEST_CASE("lightning decode: both head dims and layouts, padding rows", "[lightn
   for (int d : {64, 128})
     for (StateLayout layout : {StateLayout::kKV, StateLayout::kVK})
       for (DType out : {DType::kBF16, DType::kF32}) {
+        if (light() && (d == 128 || out == DType::kBF16)) continue;
         DecodeCase c;
         c.d = d;
         c.B = 5;
@@ -118,6 +119,7 @@ TEST_CASE("lightning decode: column splits give identical bits (batch and split 
 
 TEST_CASE("lightning decode: prefill then decode equals a longer prefill", "[lightning]") {
   for (int d : {64, 128}) {
+    if (light() && d == 128) continue;
     Rng rng("decode after prefill d" + std::to_string(d));
     FULGUR_INFO_SEED(rng);
     PrefillCase pc;
@@ -141,7 +143,8 @@ TEST_CASE("lightning decode: prefill then decode equals a longer prefill", "[lig
       const int64_t n = full.c.lens[b] - 1;
       pre.c.lens.push_back(static_cast<int>(n));
       pre.cu.push_back(pre.cu.back() + static_cast<int32_t>(n));
-      for (auto pr : {std::make_pair(&pre.q, &full.q), std::make_pair(&pre.k, &full.k), std::make_pair(&pre.v, &full.v)})
+      for (auto pr :
+           {std::make_pair(&pre.q, &full.q), std::make_pair(&pre.k, &full.k), std::make_pair(&pre.v, &full.v)})
         pr.first->insert(pr.first->end(), pr.second->begin() + full.cu[b] * row_elems,
                          pr.second->begin() + (full.cu[b] + n) * row_elems);
     }
@@ -206,7 +209,8 @@ TEST_CASE("lightning decode: bad inputs write nothing", "[lightning]") {
         {"null slot_ids", cudaErrorInvalidValue, [](lt::DecodeParams& p) { p.slot_ids = nullptr; }},
         {"misaligned k", cudaErrorInvalidValue,
          [](lt::DecodeParams& p) { p.k = static_cast<const __nv_bfloat16*>(p.k) + 1; }},
-        {"stride not a multiple of 16 bytes", cudaErrorInvalidValue, [](lt::DecodeParams& p) { p.v_stride_token += 4; }},
+        {"stride not a multiple of 16 bytes", cudaErrorInvalidValue,
+         [](lt::DecodeParams& p) { p.v_stride_token += 4; }},
         {"odd o stride", cudaErrorInvalidValue, [](lt::DecodeParams& p) { p.o_stride_head += 1; }},
         {"head dim 96", cudaErrorNotSupported, [](lt::DecodeParams& p) { p.dk = p.dv = 96; }},
         {"dk != dv", cudaErrorNotSupported, [](lt::DecodeParams& p) { p.dv = 128; }},

@@ -10,13 +10,7 @@ using namespace lt_test;
 
 namespace {
 
-bool sanitized() {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  return true;
-#else
-  return light();
-#endif
-}
+bool sanitized() { return light(); }
 
 void check_untouched(const PrefillProblem& pb, const PrefillResult& r) {
   int64_t o_written = 0, ckpt_written = 0, pool_changed = 0;
@@ -144,8 +138,10 @@ TEST_CASE("lightning prefill: bad host arguments return the documented error and
       {"null state with slots", cudaErrorInvalidValue, [](lt::PrefillParams& p) { p.state = nullptr; }},
       {"misaligned q", cudaErrorInvalidValue,
        [](lt::PrefillParams& p) { p.q = static_cast<const __nv_bfloat16*>(p.q) + 4; }},
-      {"q stride not a multiple of 16 bytes", cudaErrorInvalidValue, [](lt::PrefillParams& p) { p.q_stride_token += 4; }},
-      {"v head stride not a multiple of 16 bytes", cudaErrorInvalidValue, [](lt::PrefillParams& p) { p.v_stride_head = 68; }},
+      {"q stride not a multiple of 16 bytes", cudaErrorInvalidValue,
+       [](lt::PrefillParams& p) { p.q_stride_token += 4; }},
+      {"v head stride not a multiple of 16 bytes", cudaErrorInvalidValue,
+       [](lt::PrefillParams& p) { p.v_stride_head = 68; }},
       {"odd o stride", cudaErrorInvalidValue, [](lt::PrefillParams& p) { p.o_stride_token += 1; }},
       {"zero stride", cudaErrorInvalidValue, [](lt::PrefillParams& p) { p.k_stride_head = 0; }},
       {"checkpoint interval not a multiple of 64", cudaErrorInvalidValue,

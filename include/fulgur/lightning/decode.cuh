@@ -41,14 +41,14 @@ namespace detail {
 
 template <int kD, bool kVK, typename Tin>
 struct DecodeKernel {
-  static constexpr int kRowsPerThread = kD / 8;      // float4 pieces of the state per thread
-  static constexpr int kMaxThreads = 2 * kD;         // splits == 1
-  static constexpr int kLanesPerRow = kD / 4;        // [dv][dk]: lanes sharing one row of S^T
+  static constexpr int kRowsPerThread = kD / 8;  // float4 pieces of the state per thread
+  static constexpr int kMaxThreads = 2 * kD;     // splits == 1
+  static constexpr int kLanesPerRow = kD / 4;    // [dv][dk]: lanes sharing one row of S^T
   using In = Input<Tin>;
 
   /// Widen (and SiLU) n contiguous input elements into shared memory, 16 bytes per thread step.
   FULGUR_DEVICE FULGUR_FORCEINLINE static void stage(float* dst, const Tin* src, int n, bool silu_qkv, int tid,
-                                                      int threads) {
+                                                     int threads) {
     for (int c = tid; c * In::kPerChunk < n; c += threads) {
       float f[In::kPerChunk];
       In::widen(load_chunk(src + c * In::kPerChunk), f);
@@ -187,7 +187,8 @@ struct DecodeKernel {
     }
     __syncthreads();
     const int64_t obase = b * p.o_stride_token + h * p.o_stride_head + j0;
-    for (int j = 2 * tid; j < cols; j += 2 * threads) store_pair(p.o, p.o_dtype, obase + j, p.scale * so[j], p.scale * so[j + 1]);
+    for (int j = 2 * tid; j < cols; j += 2 * threads)
+      store_pair(p.o, p.o_dtype, obase + j, p.scale * so[j], p.scale * so[j + 1]);
   }
 };
 

@@ -62,8 +62,8 @@ constexpr int kCheckThreads = 256;
 /// status[0], (packed checkpoints) each sequence's first checkpoint row to ckpt_base, and the
 /// work lists of the segment kernels (traits.hpp, PrefillWorkspace).
 FULGUR_KERNEL void __launch_bounds__(kCheckThreads)
-    prefill_check_kernel(PrefillParams p, int32_t* status, int32_t* ckpt_base, int32_t* seg_owner,
-                         int32_t* part_owner, int64_t groups, int64_t seg_items) {
+    prefill_check_kernel(PrefillParams p, int32_t* status, int32_t* ckpt_base, int32_t* seg_owner, int32_t* part_owner,
+                         int64_t groups, int64_t seg_items) {
   using Scan = ::fulgur::primitives::BlockScan<long long, kCheckThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   const int tid = static_cast<int>(threadIdx.x);
@@ -73,8 +73,11 @@ FULGUR_KERNEL void __launch_bounds__(kCheckThreads)
   if (tid == 0 && (cu[0] != 0 || cu[B] > p.num_tokens)) err = static_cast<int>(PrefillArrayError::kCuSeqlens);
   for (int32_t b = tid; b < B; b += kCheckThreads) {
     const int32_t n = cu[b + 1] - cu[b];
-    if (cu[b + 1] < cu[b]) err = static_cast<int>(PrefillArrayError::kCuSeqlens);
-    else if (p.max_seqlen > 0 && n > p.max_seqlen) err = static_cast<int>(PrefillArrayError::kMaxSeqlen);
+    if (cu[b + 1] < cu[b]) {
+      err = static_cast<int>(PrefillArrayError::kCuSeqlens);
+    } else if (p.max_seqlen > 0 && n > p.max_seqlen) {
+      err = static_cast<int>(PrefillArrayError::kMaxSeqlen);
+    }
     const int32_t s = p.slot_ids[b];
     if (s < -1 || s >= p.num_slots) err = static_cast<int>(PrefillArrayError::kSlotIds);
     if (p.checkpoints != nullptr && p.checkpoint_offsets != nullptr) {
@@ -182,7 +185,7 @@ struct PrefillKernel {
 
   /// Global -> registers: tensor x (0 = q, 1 = k, 2 = v) of the block at row0 with m rows.
   FULGUR_DEVICE FULGUR_FORCEINLINE static void load_tensor(uint4 (&raw)[kChunksPerThread], const PrefillParams& p,
-                                                            int x, int h, int64_t row0, int m, int tid) {
+                                                           int x, int h, int64_t row0, int m, int tid) {
     const Tin* base = static_cast<const Tin*>(x == 0 ? p.q : (x == 1 ? p.k : p.v));
     const int64_t st = x == 0 ? p.q_stride_token : (x == 1 ? p.k_stride_token : p.v_stride_token);
     const int64_t sh = x == 0 ? p.q_stride_head : (x == 1 ? p.k_stride_head : p.v_stride_head);
@@ -201,7 +204,7 @@ struct PrefillKernel {
 
   /// Widen, apply SiLU, split into kTerms bf16 terms and store tensor x to shared memory.
   FULGUR_DEVICE FULGUR_FORCEINLINE static void store_tensor(const uint4 (&raw)[kChunksPerThread], __nv_bfloat16* dst,
-                                                             bool silu_qkv, int tid) {
+                                                            bool silu_qkv, int tid) {
 #pragma unroll
     for (int i = 0; i < kChunksPerThread; ++i) {
       const int c = tid + i * kThreads;
@@ -240,7 +243,7 @@ struct PrefillKernel {
   /// Tensors kFirst..2 (q, k, v; the segment-state kernel skips q).
   template <int kFirst>
   FULGUR_DEVICE FULGUR_FORCEINLINE static void load_raw(Raw& raw, const PrefillParams& p, int h, int64_t row0, int m,
-                                                         int tid) {
+                                                        int tid) {
 #pragma unroll
     for (int x = kFirst; x < 3; ++x) load_tensor(raw.c[x], p, x, h, row0, m, tid);
   }
@@ -253,7 +256,7 @@ struct PrefillKernel {
   /// Without prefetch (f32 inputs): one tensor at a time, so only a third of the chunks are live.
   template <int kFirst>
   FULGUR_DEVICE FULGUR_FORCEINLINE static void load_store_direct(const PrefillParams& p, const Smem& s, int h,
-                                                                  int64_t row0, int m, int tid) {
+                                                                 int64_t row0, int m, int tid) {
     // Not unrolled: the compiler would otherwise hoist all three tensors' loads (96 registers)
     // over the 64 state accumulators and spill. q, k, v are adjacent in shared memory.
 #pragma unroll 1
@@ -271,7 +274,7 @@ struct PrefillKernel {
 
   /// The warp's S^T fragments: sacc[nd][i] holds S(dk = 8 nd + 2 t + (i & 1), dv = 16 w + g + 8 (i / 2)).
   FULGUR_DEVICE FULGUR_FORCEINLINE static void read_state(float (&sacc)[kD / 8][4], const float* src,
-                                                           StateLayout layout, int w, int lane) {
+                                                          StateLayout layout, int w, int lane) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int nd = 0; nd < kD / 8; ++nd)
@@ -281,7 +284,7 @@ struct PrefillKernel {
       }
   }
   FULGUR_DEVICE FULGUR_FORCEINLINE static void write_state(const float (&sacc)[kD / 8][4], float* dst,
-                                                            StateLayout layout, int w, int lane) {
+                                                           StateLayout layout, int w, int lane) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int nd = 0; nd < kD / 8; ++nd)
@@ -315,7 +318,8 @@ struct PrefillKernel {
 #pragma unroll
       for (int ta = 0; ta < kTerms; ++ta) {
         ::fulgur::arch::ldmatrix_x4(
-            a[ta], s.q + ta * kTermStride + (row_base + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch + 16 * ks + 8 * (lane / 16));
+            a[ta],
+            s.q + ta * kTermStride + (row_base + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch + 16 * ks + 8 * (lane / 16));
       }
 #pragma unroll
       for (int np = 0; np < kNT / 2; ++np) {
@@ -326,8 +330,8 @@ struct PrefillKernel {
         for (int tb = 0; tb < kTerms; ++tb) {
           // K is [key][dk], i.e. B = K^T read column-major: non-transposed ldmatrix; matrices
           // (keys +0, dk +0), (keys +0, dk +8), (keys +8, dk +0), (keys +8, dk +8).
-          ::fulgur::arch::ldmatrix_x4(
-              b[tb], s.k + tb * kTermStride + (key0 + lane % 8 + 8 * (lane / 16)) * kPitch + 16 * ks + 8 * ((lane / 8) & 1));
+          ::fulgur::arch::ldmatrix_x4(b[tb], s.k + tb * kTermStride + (key0 + lane % 8 + 8 * (lane / 16)) * kPitch +
+                                                 16 * ks + 8 * ((lane / 8) & 1));
         }
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
@@ -335,7 +339,8 @@ struct PrefillKernel {
 #pragma unroll
           for (int ta = 0; ta < kTerms; ++ta)
 #pragma unroll
-            for (int tb = 0; tb + ta < kTerms; ++tb) mma(acc[2 * np + half], a[ta], b[tb][2 * half], b[tb][2 * half + 1]);
+            for (int tb = 0; tb + ta < kTerms; ++tb)
+              mma(acc[2 * np + half], a[ta], b[tb][2 * half], b[tb][2 * half + 1]);
         }
       }
     }
@@ -361,8 +366,8 @@ struct PrefillKernel {
   /// O = scale * ( (Q S_prev) * q_decay + P V ) for this warp's 16 columns, stored for the m
   /// rows of the block that starts at row `row`.
   FULGUR_DEVICE FULGUR_FORCEINLINE static void output(const PrefillParams& p, const Smem& s,
-                                                       const float (&sacc)[kD / 8][4], int64_t row, int h, int m, int w,
-                                                       int lane) {
+                                                      const float (&sacc)[kD / 8][4], int64_t row, int h, int m, int w,
+                                                      int lane) {
     const int g = lane / 4, t = lane % 4;
     // ---- O = scale * ( (Q S_prev) * q_decay + P V ) for this warp's 16 columns ----
     float oacc[4][2][4];
@@ -416,9 +421,9 @@ struct PrefillKernel {
       for (int tb = 0; tb < kTerms; ++tb) {
         // V is [key][dv] = B row-major: transposed ldmatrix; matrices (keys +0, dv +0),
         // (keys +8, dv +0), (keys +0, dv +8), (keys +8, dv +8).
-        ::fulgur::arch::ldmatrix_x4_trans(vb[tb], s.v + tb * kTermStride +
-                                                      (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch +
-                                                      16 * w + 8 * (lane / 16));
+        ::fulgur::arch::ldmatrix_x4_trans(
+            vb[tb],
+            s.v + tb * kTermStride + (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch + 16 * w + 8 * (lane / 16));
       }
 #pragma unroll
       for (int mt = 0; mt < 4; ++mt) {
@@ -456,12 +461,11 @@ struct PrefillKernel {
           }
         }
     }
-
   }
 
   /// S^T = lambda^m S^T + (V * k_decay)^T K for this warp's 16 dv rows.
   FULGUR_DEVICE FULGUR_FORCEINLINE static void update_state(const Smem& s, float (&sacc)[kD / 8][4], int m, int w,
-                                                             int lane) {
+                                                            int lane) {
     const int t = lane % 4;
     // ---- S^T = lambda^m S^T + (V * k_decay)^T K for this warp's 16 dv rows ----
     const float block_decay = s.decay[m], block_decay_lo = s.decay_lo[m];
@@ -477,9 +481,9 @@ struct PrefillKernel {
       for (int tv = 0; tv < kTerms; ++tv) {
         // A = V^T (rows dv, columns tokens) from V [token][dv]: transposed ldmatrix; matrices
         // (tokens +0, dv +0), (tokens +0, dv +8), (tokens +8, dv +0), (tokens +8, dv +8).
-        ::fulgur::arch::ldmatrix_x4_trans(va[tv], s.v + tv * kTermStride +
-                                                      (16 * ks + lane % 8 + 8 * (lane / 16)) * kPitch + 16 * w +
-                                                      8 * ((lane / 8) & 1));
+        ::fulgur::arch::ldmatrix_x4_trans(
+            va[tv],
+            s.v + tv * kTermStride + (16 * ks + lane % 8 + 8 * (lane / 16)) * kPitch + 16 * w + 8 * ((lane / 8) & 1));
       }
       // Register r holds tokens 16ks + 2t + 8 (r / 2) + {0, 1}: scale by k_decay in fp32, then
       // split into bf16 hi + lo. Tokens past the block's end get 0 (no positive exponent).
@@ -504,8 +508,8 @@ struct PrefillKernel {
         for (int tb = 0; tb < kTerms; ++tb) {
           // K is [token][dk] = B row-major: transposed ldmatrix, as V above.
           ::fulgur::arch::ldmatrix_x4_trans(kb[tb], s.k + tb * kTermStride +
-                                                        (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch +
-                                                        16 * np + 8 * (lane / 16));
+                                                        (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kPitch + 16 * np +
+                                                        8 * (lane / 16));
         }
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
@@ -516,7 +520,6 @@ struct PrefillKernel {
         }
       }
     }
-
   }
 
   /// The warp's S^T fragments <-> a [dv][dk] fp32 array (the workspace's segment states):
@@ -703,8 +706,7 @@ FULGUR_KERNEL void __launch_bounds__(256) prefill_scan_kernel(PrefillParams p, P
 }
 
 template <int kD, int kTerms, typename Tin>
-FULGUR_KERNEL void __launch_bounds__(PrefillTile<kD>::kThreads, 1)
-    prefill_kernel(PrefillParams p, PrefillExtra extra) {
+FULGUR_KERNEL void __launch_bounds__(PrefillTile<kD>::kThreads, 1) prefill_kernel(PrefillParams p, PrefillExtra extra) {
   PrefillKernel<kD, kTerms, Tin>::template run<false>(p, extra);
 }
 
@@ -728,8 +730,8 @@ cudaError_t launch_prefill(const PrefillParams& p, const PrefillExtra& extra, in
                                              stream, p, extra);
     if (e != cudaSuccess) return e;
     e = ::fulgur::detail::launch(prefill_scan_kernel<kD>,
-                                 dim3(static_cast<unsigned>(p.batch_size), heads, (kD * kD + 1023) / 1024), dim3(256), 0,
-                                 stream, p, extra);
+                                 dim3(static_cast<unsigned>(p.batch_size), heads, (kD * kD + 1023) / 1024), dim3(256),
+                                 0, stream, p, extra);
     if (e != cudaSuccess) return e;
   }
   return ::fulgur::detail::launch(prefill_kernel<kD, kTerms, Tin>, dim3(static_cast<unsigned>(seg_items), heads),
@@ -779,9 +781,9 @@ inline cudaError_t prefill(void* workspace, size_t& workspace_bytes, const Prefi
   ::fulgur::detail::WorkspaceCarver carver(workspace);
   const auto ws = detail::PrefillWorkspace<::fulgur::detail::WorkspaceCarver>::carve(carver, p);
 
-  cudaError_t e = ::fulgur::detail::launch(detail::prefill_check_kernel, dim3(1), dim3(detail::kCheckThreads), 0,
-                                           stream, p, ws.status, ws.ckpt_base, ws.seg_owner, ws.part_owner, ws.groups,
-                                           ws.seg_items);
+  cudaError_t e =
+      ::fulgur::detail::launch(detail::prefill_check_kernel, dim3(1), dim3(detail::kCheckThreads), 0, stream, p,
+                               ws.status, ws.ckpt_base, ws.seg_owner, ws.part_owner, ws.groups, ws.seg_items);
   if (e != cudaSuccess || p.batch_size == 0) return e;
 
   detail::PrefillExtra extra;

@@ -138,7 +138,7 @@ struct PrefillWorkspace {
   int32_t* part_owner = nullptr;
   float* seg_state = nullptr;
   float* first_state = nullptr;
-  int64_t groups = 0;    // G
+  int64_t groups = 0;     // G
   int64_t seg_items = 0;  // B + G + 1
   static PrefillWorkspace carve(Carver& c, const PrefillParams& p) {
     PrefillWorkspace w;
@@ -158,9 +158,7 @@ struct PrefillWorkspace {
 
 inline bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
-inline bool head_dim_compiled(int d) {
-  return ::fulgur::detail::value_allowed<int, FULGUR_LIGHTNING_HEAD_DIMS>(d);
-}
+inline bool head_dim_compiled(int d) { return ::fulgur::detail::value_allowed<int, FULGUR_LIGHTNING_HEAD_DIMS>(d); }
 
 inline bool qkv_dtype_compiled(DType t) {
   switch (t) {
@@ -230,7 +228,8 @@ inline Status can_implement(const PrefillParams& p) {
                    "lightning prefill: o must be aligned to two elements");
   FULGUR_CHECK_ARG(p.o_stride_token % 2 == 0 && p.o_stride_head % 2 == 0,
                    "lightning prefill: o strides must be even (two-element stores)");
-  FULGUR_CHECK_ARG(p.state == nullptr || detail::aligned(p.state, 16), "lightning prefill: state must be 16-byte aligned");
+  FULGUR_CHECK_ARG(p.state == nullptr || detail::aligned(p.state, 16),
+                   "lightning prefill: state must be 16-byte aligned");
   FULGUR_CHECK_ARG(p.state_stride_slot % 4 == 0, "lightning prefill: state_stride_slot must be a multiple of 4");
   FULGUR_CHECK_ARG(p.checkpoints == nullptr || detail::aligned(p.checkpoints, 16),
                    "lightning prefill: checkpoints must be 16-byte aligned");
@@ -262,7 +261,8 @@ inline Status can_implement(const DecodeParams& p) {
                    "lightning decode: o must be aligned to two elements");
   FULGUR_CHECK_ARG(p.o_stride_token % 2 == 0 && p.o_stride_head % 2 == 0,
                    "lightning decode: o strides must be even (two-element stores)");
-  FULGUR_CHECK_ARG(p.state == nullptr || detail::aligned(p.state, 16), "lightning decode: state must be 16-byte aligned");
+  FULGUR_CHECK_ARG(p.state == nullptr || detail::aligned(p.state, 16),
+                   "lightning decode: state must be 16-byte aligned");
   FULGUR_CHECK_ARG(p.state_stride_slot % 4 == 0, "lightning decode: state_stride_slot must be a multiple of 4");
   return Status::ok();
 }
