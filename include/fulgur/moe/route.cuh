@@ -11,8 +11,8 @@
 //   1. load, NaN / -inf -> unavailable; softmax statistics (max, sum) by warp butterflies;
 //   2. key = score (or logit) + selection bias; an unavailable expert or NaN key is -inf;
 //   3. groups (n_group > 1): keys staged in shared memory, kWidth / n_group lanes per group find
-//      its top-2 sum, a warp top-k keeps topk_group groups (lower index wins ties), the other
-//      groups' keys become -inf;
+//      its top-2 sum, each group counts the groups ranked above it (lower index wins ties) and a
+//      ballot keeps the topk_group best; the other groups' keys become -inf;
 //   4. k rounds of a shuffle argmax (primitives::warp_topk: descending key, lower index on ties,
 //      NaN as -inf); lane j receives slot j;
 //   5. lane j recomputes its weight from the UNBIASED score of the selected logit (reloaded from
@@ -79,10 +79,6 @@ inline int route_capacity(int32_t num_experts) {
     if (route_capacity_ok(c) && c >= num_experts && (best == 0 || c < best)) best = c;
   return best;
 }
-
-struct BitOr {
-  FULGUR_HOST_DEVICE FULGUR_FORCEINLINE unsigned operator()(unsigned a, unsigned b) const { return a | b; }
-};
 
 FULGUR_DEVICE FULGUR_FORCEINLINE float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -193,11 +189,21 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t 
       v1 = fmaxf(v1, o1);
       v2 = n2;
     }
-    const float gkey[1] = {gs >= 2 ? v1 + v2 : v1};
-    const int gidx[1] = {(sub == 0 && g < G) ? g : -1};
-    const KeyIndex gr = primitives::warp_topk_indexed<kWidth, 1>(gkey, gidx, pol.topk_group);
-    const unsigned bit = (lane < pol.topk_group && gr.index >= 0) ? (1u << gr.index) : 0u;
-    const unsigned kept = primitives::warp_reduce<kWidth>(bit, BitOr{});
+    // Every lane of group g now holds its score. Keep group g when fewer than topk_group groups
+    // rank above it (a larger score, or an equal one at a lower index: -inf ties included): one
+    // broadcast per group (n_group <= 32) instead of topk_group rounds of a 64-bit argmax.
+    const float gscore = gs >= 2 ? v1 + v2 : v1;
+    int above = 0;
+    for (int h = 0; h < G; ++h) {
+      const float other =
+          primitives::detail::shfl<primitives::detail::ShflKind::kIdx>(primitives::kFullMask, gscore, h * L, kWidth);
+      above += (other > gscore || (other == gscore && h < g)) ? 1 : 0;
+    }
+    // Bit g of `kept` <- the verdict of group g's first lane (lane g * L of this logical warp).
+    const unsigned votes = __ballot_sync(primitives::kFullMask, sub == 0 && g < G && above < pol.topk_group);
+    const unsigned mine = kWidth == 32 ? votes : (votes >> (primitives::detail::lane_id() & ~(kWidth - 1u)));
+    unsigned kept = 0u;
+    for (int h = 0; h < G; ++h) kept |= (mine >> (h * L) & 1u) << h;
     FULGUR_UNROLL
     for (int i = 0; i < kItems; ++i) {
       const int e = lane + kWidth * i;
@@ -242,7 +248,7 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t 
 }
 
 template <typename TLogit, int kCapacity>
-FULGUR_KERNEL void __launch_bounds__(kRouteBlockThreads) route_kernel(const RouteParams p) {
+FULGUR_KERNEL void __launch_bounds__(kRouteBlockThreads, 1) route_kernel(const RouteParams p) {
   constexpr int kWidth = route_width(kCapacity);
   constexpr int kTokensPerBlock = kRouteBlockThreads / kWidth;
   const int slot = static_cast<int>(threadIdx.x) / kWidth;
