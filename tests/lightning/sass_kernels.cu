@@ -1,13 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 // Every lightning kernel configuration as one nvcc translation unit for the SASS/resource check
-// (check_sass.cmake): explicit instantiations of what the launchers dispatch to.
+// (check_sass.cmake): explicit instantiations of everything the launchers dispatch to (the
+// launchers are templates, so including the header alone instantiates nothing).
 #include "fulgur/lightning.cuh"
 
 namespace lt = fulgur::lightning;
 namespace ltd = fulgur::lightning::detail;
 
-#define FULGUR_LT_PREFILL(D, TERMS, T) \
-  template __global__ void ltd::prefill_kernel<D, TERMS, T>(lt::PrefillParams, ltd::PrefillExtra);
+template __global__ void ltd::prefill_check_kernel<0>(lt::PrefillParams, int32_t*, int32_t*, int32_t*, int32_t*,
+                                                      int64_t, int64_t);
+
+#define FULGUR_LT_PREFILL(D, TERMS, T)                                                             \
+  template __global__ void ltd::prefill_kernel<D, TERMS, T>(lt::PrefillParams, ltd::PrefillExtra); \
+  template __global__ void ltd::prefill_segment_state_kernel<D, TERMS, T>(lt::PrefillParams, ltd::PrefillExtra);
 FULGUR_LT_PREFILL(64, 1, __nv_bfloat16)
 FULGUR_LT_PREFILL(64, 2, __nv_bfloat16)
 FULGUR_LT_PREFILL(64, 2, __half)
@@ -16,12 +21,15 @@ FULGUR_LT_PREFILL(128, 1, __nv_bfloat16)
 FULGUR_LT_PREFILL(128, 2, __nv_bfloat16)
 FULGUR_LT_PREFILL(128, 2, __half)
 FULGUR_LT_PREFILL(128, 2, float)
+template __global__ void ltd::prefill_scan_kernel<64>(lt::PrefillParams, ltd::PrefillExtra);
+template __global__ void ltd::prefill_scan_kernel<128>(lt::PrefillParams, ltd::PrefillExtra);
 
-#define FULGUR_LT_DECODE(D, VK, T) template __global__ void ltd::decode_kernel<D, VK, T>(lt::DecodeParams);
-FULGUR_LT_DECODE(64, false, __nv_bfloat16)
-FULGUR_LT_DECODE(64, true, __nv_bfloat16)
-FULGUR_LT_DECODE(128, false, __nv_bfloat16)
-FULGUR_LT_DECODE(128, true, __nv_bfloat16)
-FULGUR_LT_DECODE(128, false, __half)
-FULGUR_LT_DECODE(128, false, float)
-FULGUR_LT_DECODE(128, true, float)
+#define FULGUR_LT_DECODE(D, T)                                                \
+  template __global__ void ltd::decode_kernel<D, false, T>(lt::DecodeParams); \
+  template __global__ void ltd::decode_kernel<D, true, T>(lt::DecodeParams);
+FULGUR_LT_DECODE(64, __nv_bfloat16)
+FULGUR_LT_DECODE(64, __half)
+FULGUR_LT_DECODE(64, float)
+FULGUR_LT_DECODE(128, __nv_bfloat16)
+FULGUR_LT_DECODE(128, __half)
+FULGUR_LT_DECODE(128, float)

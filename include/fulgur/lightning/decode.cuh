@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fulgur/detail/config.hpp"
 #include "fulgur/detail/cuda.cuh"
@@ -210,7 +211,11 @@ FULGUR_KERNEL void __launch_bounds__(2 * kD, 1) decode_kernel(DecodeParams p) {
 /// call write nothing (the launcher cannot read device memory to report it; validate them on the
 /// host with validate_host_arrays() when in doubt). Never allocates or synchronizes; safe in CUDA
 /// graph capture. Deterministic and batch invariant.
-inline cudaError_t decode(const DecodeParams& p, cudaStream_t stream = nullptr) {
+///
+/// A template (Params is always DecodeParams, deduced) so that the kernels are compiled only in
+/// the translation units that call decode (see prefill()).
+template <typename Params, typename = std::enable_if_t<std::is_same<Params, DecodeParams>::value>>
+cudaError_t decode(const Params& p, cudaStream_t stream = nullptr) {
   const Status st = can_implement(p);
   if (!st) return st.code();
   if (p.batch_size == 0) return cudaSuccess;

@@ -35,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fulgur/arch/ldmatrix.cuh"
 #include "fulgur/arch/mma.cuh"
@@ -60,7 +61,10 @@ constexpr int kCheckThreads = 256;
 
 /// One CTA: checks cu_seqlens, slot_ids, checkpoint_offsets and slopes, writes the verdict to
 /// status[0], (packed checkpoints) each sequence's first checkpoint row to ckpt_base, and the
-/// work lists of the segment kernels (traits.hpp, PrefillWorkspace).
+/// work lists of the segment kernels (traits.hpp, PrefillWorkspace). A template only so that a
+/// header-defined kernel has vague linkage: two translation units that include this header must
+/// link (a plain __global__ function here is a duplicate symbol).
+template <int kUnused = 0>
 FULGUR_KERNEL void __launch_bounds__(kCheckThreads)
     prefill_check_kernel(PrefillParams p, int32_t* status, int32_t* ckpt_base, int32_t* seg_owner, int32_t* part_owner,
                          int64_t groups, int64_t seg_items) {
@@ -768,8 +772,12 @@ inline cudaError_t prefill_device_status(const void* workspace, PrefillArrayErro
 /// checked on the device: when one is bad, the call writes nothing and leaves a
 /// PrefillArrayError in the workspace (prefill_device_status()). Never allocates, never
 /// synchronizes; safe in CUDA graph capture. Deterministic, and batch invariant.
-inline cudaError_t prefill(void* workspace, size_t& workspace_bytes, const PrefillParams& p,
-                           cudaStream_t stream = nullptr) {
+///
+/// A template (Params is always PrefillParams, deduced) only so that the kernels are compiled in
+/// the translation units that call prefill, not in every one that includes the header: an
+/// inline function's body would instantiate every dispatched kernel wherever it is seen.
+template <typename Params, typename = std::enable_if_t<std::is_same<Params, PrefillParams>::value>>
+cudaError_t prefill(void* workspace, size_t& workspace_bytes, const Params& p, cudaStream_t stream = nullptr) {
   const Status st = can_implement(p);
   if (!st) return st.code();
   const size_t need = prefill_workspace_bytes(p);
@@ -782,7 +790,7 @@ inline cudaError_t prefill(void* workspace, size_t& workspace_bytes, const Prefi
   const auto ws = detail::PrefillWorkspace<::fulgur::detail::WorkspaceCarver>::carve(carver, p);
 
   cudaError_t e =
-      ::fulgur::detail::launch(detail::prefill_check_kernel, dim3(1), dim3(detail::kCheckThreads), 0, stream, p,
+      ::fulgur::detail::launch(detail::prefill_check_kernel<>, dim3(1), dim3(detail::kCheckThreads), 0, stream, p,
                                ws.status, ws.ckpt_base, ws.seg_owner, ws.part_owner, ws.groups, ws.seg_items);
   if (e != cudaSuccess || p.batch_size == 0) return e;
 
