@@ -166,7 +166,7 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void write_token_in_rank(const PermuteParams& p
 /// expert_first_token_offset, the tile-padded view (starts to pad_out[0..E], tile ids, padding and
 /// tail sentinels), masked counts and overflow, and, when fill_masked, the masked sentinels.
 /// Every thread of the block calls it; starts and ends with a barrier.
-FULGUR_DEVICE void finalize_experts(const PermuteParams& p, const int32_t* off, int32_t* pad_out, bool fill_masked,
+FULGUR_DEVICE inline void finalize_experts(const PermuteParams& p, const int32_t* off, int32_t* pad_out, bool fill_masked,
                                     PermuteScan::TempStorage& scan) {
   const int tid = static_cast<int>(threadIdx.x);
   const int E = p.num_experts;
@@ -238,7 +238,7 @@ FULGUR_DEVICE void finalize_experts(const PermuteParams& p, const int32_t* off, 
 /// The whole single-block permutation (T*k <= kPermuteChunk), by the calling block of
 /// kPermuteThreads threads. Starts by reading topk_ids: a caller that wrote them in the same
 /// kernel (the fused route + permute) puts a __syncthreads() before.
-FULGUR_DEVICE void permute_single_block(const PermuteParams& p, PermuteSmem& smem) {
+FULGUR_DEVICE inline void permute_single_block(const PermuteParams& p, PermuteSmem& smem) {
   const int tid = static_cast<int>(threadIdx.x);
   const int E = p.num_experts;
   const int32_t N = static_cast<int32_t>(p.num_tokens * p.top_k);
@@ -288,6 +288,11 @@ FULGUR_DEVICE void permute_single_block(const PermuteParams& p, PermuteSmem& sme
   if (p.token_in_rank != nullptr) write_token_in_rank(p, 0, p.num_tokens);
 }
 
+// Every kernel of this file is a template only so that a header-defined kernel has vague linkage:
+// two translation units of one program that include this header must link (a plain __global__
+// function here is a duplicate symbol; test_moe_link). The device helpers are inline for the same
+// reason (under emulation they are plain host functions).
+template <int kUnused = 0>
 FULGUR_KERNEL void __launch_bounds__(kPermuteThreads) permute_single_kernel(const PermuteParams p) {
   __shared__ PermuteSmem smem;
   permute_single_block(p, smem);
@@ -295,6 +300,7 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads) permute_single_kernel(cons
 
 // ---- multi block -------------------------------------------------------------------------------
 
+template <int kUnused = 0>
 FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
     permute_count_kernel(const PermuteParams p, int32_t* block_counts, int32_t* block_rank_counts, int32_t B) {
   __shared__ int32_t hist[kMaxExperts];
@@ -334,6 +340,7 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
   }
 }
 
+template <int kUnused = 0>
 FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
     permute_finalize_kernel(const PermuteParams p, const int32_t* block_offsets, const int32_t* block_rank_counts,
                             int32_t B, int32_t* ws_off, int32_t* ws_pad) {
@@ -353,6 +360,7 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
   }
 }
 
+template <int kUnused = 0>
 FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
     permute_scatter_kernel(const PermuteParams p, const int32_t* block_offsets, int32_t B, const int32_t* ws_off,
                            const int32_t* ws_pad) {
@@ -484,7 +492,7 @@ inline cudaError_t permute(void* workspace, size_t& workspace_bytes, const Permu
   if (workspace_bytes < w.bytes) return cudaErrorInvalidValue;
 
   if (path == PermutePath::kSingleBlock) {
-    return ::fulgur::detail::launch(detail::permute_single_kernel, dim3(1), dim3(detail::kPermuteThreads), 0, stream,
+    return ::fulgur::detail::launch(detail::permute_single_kernel<>, dim3(1), dim3(detail::kPermuteThreads), 0, stream,
                                     p);
   }
   const cudaError_t ec = detail::carve_permute_workspace(workspace, p, stream, w);
@@ -493,18 +501,18 @@ inline cudaError_t permute(void* workspace, size_t& workspace_bytes, const Permu
   if (B > 0x7fffffff) return cudaErrorInvalidValue;
   const int32_t B32 = static_cast<int32_t>(B);
   cudaError_t e =
-      ::fulgur::detail::launch(detail::permute_count_kernel, dim3(static_cast<unsigned>(B)),
+      ::fulgur::detail::launch(detail::permute_count_kernel<>, dim3(static_cast<unsigned>(B)),
                                dim3(detail::kPermuteThreads), 0, stream, p, w.block_offsets, w.block_rank_counts, B32);
   if (e != cudaSuccess) return e;
   size_t scan_bytes = w.scan_bytes;
   e = primitives::device_exclusive_sum<int32_t>(w.scan, scan_bytes, w.block_offsets, w.block_offsets,
                                                 static_cast<int64_t>(p.num_experts) * B, stream);
   if (e != cudaSuccess) return e;
-  e = ::fulgur::detail::launch(detail::permute_finalize_kernel, dim3(1), dim3(detail::kPermuteThreads), 0, stream, p,
+  e = ::fulgur::detail::launch(detail::permute_finalize_kernel<>, dim3(1), dim3(detail::kPermuteThreads), 0, stream, p,
                                static_cast<const int32_t*>(w.block_offsets),
                                static_cast<const int32_t*>(w.block_rank_counts), B32, w.off, w.pad);
   if (e != cudaSuccess) return e;
-  return ::fulgur::detail::launch(detail::permute_scatter_kernel, dim3(static_cast<unsigned>(B)),
+  return ::fulgur::detail::launch(detail::permute_scatter_kernel<>, dim3(static_cast<unsigned>(B)),
                                   dim3(detail::kPermuteThreads), 0, stream, p,
                                   static_cast<const int32_t*>(w.block_offsets), B32, static_cast<const int32_t*>(w.off),
                                   static_cast<const int32_t*>(w.pad));
