@@ -98,8 +98,8 @@ int main(int argc, char** argv) {
   }
 #endif
   const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 20261126ull;
-  std::printf("fulgur lightning example, seed %llu (rerun with: %s <seed>)\n",
-              static_cast<unsigned long long>(seed), argv[0]);
+  std::printf("fulgur lightning example, seed %llu (rerun with: %s <seed>)\n", static_cast<unsigned long long>(seed),
+              argv[0]);
   Rng rng(seed);
   bool pass = true;
 
@@ -109,8 +109,8 @@ int main(int argc, char** argv) {
   const int kGlobalHeads = 64, kLayers = 80, kLayer = 40, kTpSize = 16, kTpRank = 5;
   const int H = kGlobalHeads / kTpSize, d = 128;
   std::vector<float> slopes(H);
-  const fulgur::Status slope_status =
-      lt::fill_minimax_slopes(slopes.data(), kGlobalHeads, kLayer, kLayers, lt::SlopeConvention::kVllm, kTpRank, kTpSize);
+  const fulgur::Status slope_status = lt::fill_minimax_slopes(slopes.data(), kGlobalHeads, kLayer, kLayers,
+                                                              lt::SlopeConvention::kVllm, kTpRank, kTpSize);
   if (!slope_status) {
     std::printf("fill_minimax_slopes: %s\n", slope_status.reason());
     return 1;
@@ -144,10 +144,11 @@ int main(int argc, char** argv) {
   for (auto* t : {&q, &k, &v})
     for (bf16& x : *t) x = fulgur::from_double<bf16>(rng.normal());
 
-  std::printf("prefill: %d sequences (lengths %d, %d, %d), T = %lld tokens, H = %d heads (rank %d of %d), "
-              "dk = dv = %d, bf16 q/k/v/o, fp32 state pool of %lld slots, MiniMax layer %d slopes %.3g..%.3g\n",
-              B, lens[0], lens[1], lens[2], static_cast<long long>(T), H, kTpRank, kTpSize, d,
-              static_cast<long long>(num_slots), kLayer, slopes[H - 1], slopes[0]);
+  std::printf(
+      "prefill: %d sequences (lengths %d, %d, %d), T = %lld tokens, H = %d heads (rank %d of %d), "
+      "dk = dv = %d, bf16 q/k/v/o, fp32 state pool of %lld slots, MiniMax layer %d slopes %.3g..%.3g\n",
+      B, lens[0], lens[1], lens[2], static_cast<long long>(T), H, kTpRank, kTpSize, d,
+      static_cast<long long>(num_slots), kLayer, slopes[H - 1], slopes[0]);
 
   // ---- Device buffers --------------------------------------------------------------------------
   DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_o(static_cast<size_t>(qkv_elems));
@@ -165,32 +166,32 @@ int main(int argc, char** argv) {
   // documented in include/fulgur/lightning/params.hpp.
   lt::PrefillParams p;
   p.batch_size = B;
-  p.num_tokens = T;                 // rows of q, k, v, o
-  p.cu_seqlens = d_cu.data();       // [B+1] int32, device memory
-  p.max_seqlen = 130;               // optional upper bound (0 = unknown)
+  p.num_tokens = T;            // rows of q, k, v, o
+  p.cu_seqlens = d_cu.data();  // [B+1] int32, device memory
+  p.max_seqlen = 130;          // optional upper bound (0 = unknown)
   p.num_heads = H;
-  p.dk = p.dv = d;                  // 64 or 128 (can_implement says which are compiled in)
+  p.dk = p.dv = d;  // 64 or 128 (can_implement says which are compiled in)
   p.qkv_dtype = DType::kBF16;
-  p.q = d_q.data();                 // [T, H, dk]
-  p.k = d_k.data();                 // [T, H, dk]
-  p.v = d_v.data();                 // [T, H, dv]
+  p.q = d_q.data();  // [T, H, dk]
+  p.k = d_k.data();  // [T, H, dk]
+  p.v = d_v.data();  // [T, H, dv]
   // Dense [T, H, d]: a token row is H*d elements, a head d. MiniMax's fused projection
   // [T, H, 3, d] is read in place instead with q = base, k = base + d, v = base + 2d,
   // stride_token = 3*H*d, stride_head = 3*d.
   p.q_stride_token = p.k_stride_token = p.v_stride_token = int64_t{H} * d;
   p.q_stride_head = p.k_stride_head = p.v_stride_head = d;
-  p.silu_qkv = true;                // SiLU applied as loaded
+  p.silu_qkv = true;  // SiLU applied as loaded
   p.o_dtype = DType::kBF16;
-  p.o = d_o.data();                 // [T, H, dv]
+  p.o = d_o.data();  // [T, H, dv]
   p.o_stride_token = int64_t{H} * d;
   p.o_stride_head = d;
-  p.slopes = d_slopes.data();       // [H] fp32, device memory
-  p.scale = 1.0f;                   // MiniMax uses 1
-  p.state = d_pool.data();          // [num_slots, H, dk, dv] fp32, read then overwritten
+  p.slopes = d_slopes.data();  // [H] fp32, device memory
+  p.scale = 1.0f;              // MiniMax uses 1
+  p.state = d_pool.data();     // [num_slots, H, dk, dv] fp32, read then overwritten
   p.state_layout = lt::StateLayout::kKV;
   p.num_slots = num_slots;
-  p.state_stride_slot = 0;          // dense pool; a pool shared across layers sets it
-  p.slot_ids = d_slots.data();      // [B] int32; -1 = stateless sequence
+  p.state_stride_slot = 0;                  // dense pool; a pool shared across layers sets it
+  p.slot_ids = d_slots.data();              // [B] int32; -1 = stateless sequence
   p.has_initial_state = d_has_init.data();  // [B] uint8 or null (= all 1)
 
   // can_implement is a pure host check (no device memory read): run it once when an engine

@@ -125,9 +125,10 @@ int main(int argc, char** argv) {
   for (bf16& x : logits) x = fulgur::from_double<bf16>(rng.normal());
   for (bf16& x : hidden) x = fulgur::from_double<bf16>(rng.normal());
   for (bf16& x : shared) x = fulgur::from_double<bf16>(0.5 * rng.normal());
-  std::printf("layer: Qwen3-MoE routing (E = %d, top-%d, softmax, renormalized), T = %lld tokens, hidden %lld, "
-              "bf16 logits/hidden/out, fp32 weights\n",
-              E, k, static_cast<long long>(T), static_cast<long long>(D));
+  std::printf(
+      "layer: Qwen3-MoE routing (E = %d, top-%d, softmax, renormalized), T = %lld tokens, hidden %lld, "
+      "bf16 logits/hidden/out, fp32 weights\n",
+      E, k, static_cast<long long>(T), static_cast<long long>(D));
 
   DeviceBuffer<bf16> d_logits(logits), d_hidden(hidden), d_shared(shared);
   DeviceBuffer<int32_t> d_ids(static_cast<size_t>(rows)), d_counts(E);
@@ -135,14 +136,14 @@ int main(int argc, char** argv) {
   DeviceBuffer<int64_t> d_offsets(E + 1);
   DeviceBuffer<int32_t> d_e2p(static_cast<size_t>(rows)), d_p2e(static_cast<size_t>(rows));
   DeviceBuffer<bf16> d_rows(static_cast<size_t>(rows * D)), d_out(static_cast<size_t>(T * D));
-  for (cudaError_t e : {d_logits.error(), d_hidden.error(), d_shared.error(), d_ids.error(), d_counts.error(),
-                        d_weights.error(), d_offsets.error(), d_e2p.error(), d_p2e.error(), d_rows.error(),
-                        d_out.error()})
+  for (cudaError_t e :
+       {d_logits.error(), d_hidden.error(), d_shared.error(), d_ids.error(), d_counts.error(), d_weights.error(),
+        d_offsets.error(), d_e2p.error(), d_p2e.error(), d_rows.error(), d_out.error()})
     if (!ok(e, "allocating device memory")) return 1;
   // Poison the outputs (0xFF bytes: -1 as int32, NaN as floats) so an unwritten element shows.
-  for (cudaError_t e : {d_ids.fill_bytes(0xFF), d_weights.fill_bytes(0xFF), d_counts.fill_bytes(0xFF),
-                        d_offsets.fill_bytes(0xFF), d_e2p.fill_bytes(0xFF), d_p2e.fill_bytes(0xFF),
-                        d_rows.fill_bytes(0xFF), d_out.fill_bytes(0xFF)})
+  for (cudaError_t e :
+       {d_ids.fill_bytes(0xFF), d_weights.fill_bytes(0xFF), d_counts.fill_bytes(0xFF), d_offsets.fill_bytes(0xFF),
+        d_e2p.fill_bytes(0xFF), d_p2e.fill_bytes(0xFF), d_rows.fill_bytes(0xFF), d_out.fill_bytes(0xFF)})
     if (!ok(e, "poisoning outputs")) return 1;
 
   // The caller's stream: an engine passes its own. Launchers only enqueue work on it (no
@@ -297,10 +298,11 @@ int main(int argc, char** argv) {
     int busiest = 0;
     for (int e = 1; e < E; ++e)
       if (offsets[e + 1] - offsets[e] > offsets[busiest + 1] - offsets[busiest]) busiest = e;
-    std::printf("permute: %lld rows over %d experts (busiest: expert %d with %lld), workspace %zu bytes; offsets and "
-                "both maps equal: %s\n",
-                static_cast<long long>(rows), E, busiest,
-                static_cast<long long>(offsets[busiest + 1] - offsets[busiest]), ws_bytes, verdict(good));
+    std::printf(
+        "permute: %lld rows over %d experts (busiest: expert %d with %lld), workspace %zu bytes; offsets and "
+        "both maps equal: %s\n",
+        static_cast<long long>(rows), E, busiest, static_cast<long long>(offsets[busiest + 1] - offsets[busiest]),
+        ws_bytes, verdict(good));
     pass = pass && good;
   }
   // gather: a copy (same dtype, no scaling): bit for bit.
@@ -312,8 +314,8 @@ int main(int argc, char** argv) {
     h.out = r_rows.data();
     if (!ref_ok(fulgur::reference::moe_gather(h), "gather")) return 1;
     const bool good = std::memcmp(r_rows.data(), expert_rows.data(), sizeof(bf16) * r_rows.size()) == 0;
-    std::printf("gather:  [%lld, %lld] rows bit for bit: %s\n", static_cast<long long>(rows),
-                static_cast<long long>(D), verdict(good));
+    std::printf("gather:  [%lld, %lld] rows bit for bit: %s\n", static_cast<long long>(rows), static_cast<long long>(D),
+                verdict(good));
     pass = pass && good;
   }
   // combine: each of the k + 1 fp32 fmas rounds once, so |fp32 sum - exact| <= (k + 2) * 2^-24
