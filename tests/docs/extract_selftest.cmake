@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: Apache-2.0
+# Checks the snippet extractor on tests/docs/extract_fixture.md without compiling anything:
+# cmake -DOUT=<dir> -P extract_selftest.cmake. Fails (FATAL_ERROR) on the first wrong property.
+include(${CMAKE_CURRENT_LIST_DIR}/snippets.cmake)
+set(md ${CMAKE_CURRENT_LIST_DIR}/extract_fixture.md)
+fulgur_docs_extract(${md} extract_fixture.md fixture ${OUT}/fixture.cpp n)
+file(READ ${OUT}/fixture.cpp tu)
+
+function(expect what regex)
+  if(NOT tu MATCHES "${regex}")
+    message(FATAL_ERROR "extractor: ${what} (no match for ${regex})\n${tu}")
+  endif()
+endfunction()
+function(expect_not what regex)
+  if(tu MATCHES "${regex}")
+    message(FATAL_ERROR "extractor: ${what} (unexpected match for ${regex})\n${tu}")
+  endif()
+endfunction()
+
+if(NOT n EQUAL 5)
+  message(FATAL_ERROR "extractor: expected 5 compiled blocks (3 snippets, 2 errors), got ${n}\n${tu}")
+endif()
+expect_not("a skipped block is compiled" "this is not C")
+expect_not("a ```text block is compiled" "not_compiled")
+expect("includes are hoisted with their line" "#line 10 \"[^\"]*extract_fixture.md\"\n#include <array>\n")
+expect("declarations stay at namespace scope" "namespace fulgur_docs_fixture_9 {\n#line 11 [^\n]*\nint twice")
+expect("a malformed marker is an error at its line" "#line 14 [^\n]*\n#error \"malformed snippet marker")
+expect("an unmarked block without main is a fragment" "void snippet_fragment\\(\\) {\n#line 20 [^\n]*\nint v\\[2\\] = {1, 2}; v\\[0\\] = v\\[1\\];")
+expect("an unmarked block with main is a program, run by the driver" "fulgur_docs_run_one\\(\"extract_fixture.md:23\", &fulgur_docs_fixture_23::snippet_main\\)")
+expect("main is renamed" "#define main snippet_main\nnamespace fulgur_docs_fixture_23")
+expect("an unterminated fence is an error at its line" "#line 31 [^\n]*\n#error \"unterminated code fence\"")
+message(STATUS "extractor self-test: ok")
