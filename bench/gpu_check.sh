@@ -23,10 +23,16 @@
 #      the returned codes themselves;
 #   6. the peers (bench/peers/run_peers.py: PyTorch compositions, fla, OpenNLPLab lightning_attn
 #      when importable), each checked against an fp64 reference, within the time left;
-#   7. the comparison (bench/compare.py): the full table into summary.md, the short one printed last.
+#   7. the PyTorch extension (examples/torch), when torch imports (FULGUR_GPU_CHECK_TORCH=0: never):
+#      setup.py builds it in the background while step 2 builds (both only compile; it must end
+#      before the benchmarks start, or it is stopped), then examples/torch/run_tests.py runs its
+#      pytest against plain-PyTorch references within FULGUR_TORCH_BUDGET seconds (default 90,
+#      reserved out of the peers' share when enough is left), skipped when under 30 s remain;
+#   8. the comparison (bench/compare.py): the full table into summary.md, the short one printed last.
 # OUT_DIR gets at most 7 files (the GPU tool returns 8): summary.md (device, steps, full table),
-# build.log, tests.log, run.log (benchmark and peer console output), bench.json, peers.json,
-# sanitizer.log. Catch2 and Google Benchmark are taken from .deps/ when the machine lacks them
+# build.log (the torch extension's build appended), tests.log (the torch extension's tests
+# appended), run.log (benchmark and peer console output), bench.json, peers.json, sanitizer.log.
+# Catch2 and Google Benchmark are taken from .deps/ when the machine lacks them
 # (scripts/prepare_gpu_deps.sh fills that folder; bench/CMakeLists.txt falls back to a built-in
 # harness if the carried library does not load).
 set -uo pipefail
@@ -47,7 +53,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
     --prebuilt) prebuilt=${2:?--prebuilt needs a build folder}; shift ;;
-    -h|--help) sed -n 3,30p "$0"; exit 0 ;;
+    -h|--help) sed -n '3,/^set -uo pipefail/p' "$0" | sed '$d'; exit 0 ;;
     *) out=$1 ;;
   esac
   shift
@@ -105,6 +111,12 @@ if [ $dry = 1 ]; then
   done
   if python3 -m py_compile bench/compare.py bench/peers/*.py 2>"$scratch/err"; then ok "python peers compile"; else
     cat "$scratch/err"; bad "py_compile"; fi
+  # The torch example: its Python compiles, and its tests run (or skip: no torch, no GPU, or no built
+  # extension here) through run_tests.py, the runner step 7 uses.
+  if python3 -m py_compile examples/torch/setup.py examples/torch/run_tests.py examples/torch/test_fulgur_torch.py \
+    examples/torch/fulgur_torch/__init__.py 2>"$scratch/err" && python3 examples/torch/run_tests.py >"$scratch/torch" 2>&1; then
+    ok "torch example: python compiles, run_tests.py: $(tail -1 "$scratch/torch")"; else
+    cat "$scratch/err" "$scratch/torch" 2>/dev/null | tail -20; bad "torch example (examples/torch)"; fi
   if python3 bench/peers/run_peers.py --bench-dir "$bdir/bench" --dry-run --out "$scratch/peers.json"; then
     ok "peers dry run"; else bad "peers dry run"; fi
   if python3 bench/compare.py --self-test >"$scratch/cmp" 2>&1; then ok "compare self-test"; else
@@ -153,6 +165,24 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   fi
 fi
 
+# 7a. the torch extension builds in the background, beside step 2 (out of the source tree, so a stale
+# library can never be tested); collected before the benchmarks.
+torch_on=0
+torch_pid=""
+torch_built=0
+torch_dir=$scratch/torch
+if [ "${FULGUR_GPU_CHECK_TORCH:-1}" != 0 ] && python3 -c "import torch" >/dev/null 2>&1; then
+  torch_on=1
+  mkdir -p "$torch_dir"
+  torch_arch=$arch
+  (cd examples/torch && exec nice -n 5 env MAX_JOBS=$((jobs > 8 ? jobs / 2 : 4)) FULGUR_TORCH_ARCH="$torch_arch" \
+    timeout $((budget / 2 > 120 ? budget / 2 : 120)) python3 setup.py build_ext --build-lib "$torch_dir/lib" \
+    --build-temp "$torch_dir/tmp") >"$torch_dir/build.log" 2>&1 &
+  torch_pid=$!
+  torch_start=$(date +%s)
+  say "torch extension: building in the background (sm_$torch_arch)"
+fi
+
 # 2. build (FULGUR_GPU_CHECK_PREBUILT=DIR: use DIR's binaries as they are, to test this script)
 s=$(date +%s)
 bdir=${FULGUR_GPU_CHECK_PREBUILT:-build-gpu}
@@ -186,6 +216,26 @@ say "GPU tests"
 (cd "$bdir" && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
 rc=$?
 row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo "FAIL rc=$rc") ($(grep -E 'tests passed' "$out/tests.log" | tail -1))" $(($(date +%s) - s))
+
+# 7b. the torch extension's build must not overlap the benchmarks: wait for it (bounded), else stop it.
+if [ -n "$torch_pid" ]; then
+  s=$(date +%s)
+  wait_end=$((s + (${FULGUR_TORCH_BUDGET:-90} < $(left) / 3 ? ${FULGUR_TORCH_BUDGET:-90} : $(left) / 3)))
+  while kill -0 "$torch_pid" 2>/dev/null && [ "$(date +%s)" -lt "$wait_end" ]; do sleep 1; done
+  if kill -0 "$torch_pid" 2>/dev/null; then
+    kill -TERM "$torch_pid" 2>/dev/null  # timeout passes it on to setup.py and its compilers
+    wait "$torch_pid" 2>/dev/null
+    torch_res="stopped before the benchmarks"
+  else
+    wait "$torch_pid"
+    r=$?
+    so=$(find "$torch_dir/lib" -name '_C*.so' 2>/dev/null | head -1)
+    if [ "$r" = 0 ] && [ -n "$so" ]; then torch_built=1; torch_res=ok; else torch_res="FAILED rc=$r (build.log)"; fi
+  fi
+  { echo; echo "==== torch extension (examples/torch/setup.py build_ext)"; cat "$torch_dir/build.log"; } >>"$out/build.log"
+  [ "$torch_built" = 1 ] || tail -30 "$torch_dir/build.log"
+  row "torch extension build (examples/torch)" "$torch_res" $(($(date +%s) - torch_start))
+fi
 
 # 4. benchmarks
 : >"$out/run.log"
@@ -258,7 +308,11 @@ fi
 
 # 6. peers
 s=$(date +%s)
-pb=$(($(left) - 45))
+torch_reserve=0
+if [ "$torch_built" = 1 ] && [ $(($(left) - 45 - ${FULGUR_TORCH_BUDGET:-90})) -ge 60 ]; then
+  torch_reserve=${FULGUR_TORCH_BUDGET:-90}  # the torch tests' share, taken only when the peers keep 60 s
+fi
+pb=$(($(left) - 45 - torch_reserve))
 if [ "$pb" -ge 20 ]; then
   say "peers (budget $pb s)"
   timeout $((pb + 40)) python3 bench/peers/run_peers.py --bench-dir "$bdir/bench" --out "$out/peers.json" \
@@ -269,7 +323,31 @@ else
   row "peers" "skipped (time budget)" 0
 fi
 
-# 7. comparison
+# 7. the torch extension's tests
+if [ "$torch_on" = 1 ]; then
+  s=$(date +%s)
+  lim=$(($(left) - 20))
+  [ "$lim" -gt "${FULGUR_TORCH_BUDGET:-90}" ] && lim=${FULGUR_TORCH_BUDGET:-90}
+  if [ "$torch_built" != 1 ]; then
+    row "torch extension tests" "not run: no extension was built" 0
+  elif [ "$lim" -lt 30 ]; then
+    row "torch extension tests" "skipped (time budget)" 0
+  else
+    say "torch extension tests (limit $lim s)"
+    echo "==== torch extension tests (examples/torch/run_tests.py, limit $lim s)" >>"$out/tests.log"
+    FULGUR_TORCH_LIBRARY=$so FULGUR_TORCH_REQUIRE=1 timeout "$lim" python3 examples/torch/run_tests.py \
+      >"$torch_dir/tests.log" 2>&1
+    r=$?
+    cat "$torch_dir/tests.log" >>"$out/tests.log"
+    line=$(grep -E '(passed|failed|skipped|error)' "$torch_dir/tests.log" | tail -1 | tr -d '=' | sed 's/^ *//')
+    res=$( [ $r = 0 ] && echo pass || { [ $r = 124 ] && echo "stopped at its $lim s limit" || echo "FAIL rc=$r"; })
+    row "torch extension tests (examples/torch)" "$res ($line)" $(($(date +%s) - s))
+  fi
+else
+  row "torch extension" "skipped ($( [ "${FULGUR_GPU_CHECK_TORCH:-1}" = 0 ] && echo 'FULGUR_GPU_CHECK_TORCH=0' || echo 'torch not importable'))" 0
+fi
+
+# 8. comparison
 echo >>"$summary"
 python3 bench/compare.py --bench "$out/bench.json" --peers "$out/peers.json" --full "$summary" \
   --header "## fulgur vs peers (times in us, mean over iterations; % floor = floor / time)" >"$scratch/short.md" 2>&1
