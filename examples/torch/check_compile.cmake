@@ -9,12 +9,14 @@ set(failed "")
 
 # 1. The framework-free launch layer: nvcc, compile only, sm_80 (fulgur's lowest architecture).
 #    The three units run concurrently (execute_process starts every COMMAND at once); the moe one
-#    is the slowest (about 100 s on two cores).
+#    is the slowest (about 100 s on two cores). The -D flags are those torch's BuildExtension gives
+#    nvcc (no implicit __half / __nv_bfloat16 conversions or operators): fulgur must build with them.
 if(NVCC AND EXISTS "${NVCC}")
   set(cmds "")
   foreach(unit lightning moe token_drop)
     list(APPEND cmds COMMAND ${NVCC} -std=c++17 -c -arch=sm_80 --expt-relaxed-constexpr -Xcompiler -fPIC
-         -I${INCLUDE_DIR} -I${SOURCE_DIR} ${SOURCE_DIR}/fulgur_ops_${unit}.cu -o ${WORK_DIR}/fulgur_ops_${unit}.o)
+         -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
+         -D__CUDA_NO_HALF2_OPERATORS__ -I${INCLUDE_DIR} -I${SOURCE_DIR} ${SOURCE_DIR}/fulgur_ops_${unit}.cu -o ${WORK_DIR}/fulgur_ops_${unit}.o)
   endforeach()
   file(REMOVE ${WORK_DIR}/fulgur_ops_lightning.o ${WORK_DIR}/fulgur_ops_moe.o ${WORK_DIR}/fulgur_ops_token_drop.o)
   execute_process(${cmds} RESULTS_VARIABLE rcs ERROR_VARIABLE err OUTPUT_VARIABLE out)

@@ -14,7 +14,12 @@ The CUDA sources (fulgur_ops_*.cu) include no torch header, the binding (fulgur_
 kernel: see fulgur_ops.h.
 """
 import os
+import re
+import subprocess
+import warnings
 
+import torch
+import torch.utils.cpp_extension as cpp_extension
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
@@ -28,6 +33,30 @@ arch = os.environ.get("FULGUR_TORCH_ARCH", "").replace(",", ";")
 for a in filter(None, (x.strip() for x in arch.split(";"))):
     # An explicit -gencode makes torch add no architecture flags of its own.
     nvcc_flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
+
+
+
+def nvcc_major():
+    try:
+        out = subprocess.check_output([os.path.join(cpp_extension.CUDA_HOME or "", "bin", "nvcc"), "--version"], text=True)
+        return int(re.search(r"release (\d+)\.", out).group(1))
+    except Exception:
+        return None
+
+
+# torch refuses to build CUDA extensions with a toolkit of another major version than its own
+# (e.g. nvcc 13 and a cu12x wheel). fulgur's CUDA units include no torch header, and a process can
+# hold two CUDA runtimes when the driver supports both, so FULGUR_TORCH_ALLOW_CUDA_MISMATCH=1 skips
+# that check (bench/gpu_check.sh sets it; the extension's tests then say whether it works).
+torch_cuda = torch.version.cuda
+if torch_cuda and nvcc_major() not in (None, int(torch_cuda.split(".")[0])):
+    msg = f"nvcc {nvcc_major()}.x and torch built with CUDA {torch_cuda}"
+    if os.environ.get("FULGUR_TORCH_ALLOW_CUDA_MISMATCH") == "1":
+        warnings.warn(f"fulgur_torch: {msg}: building anyway (FULGUR_TORCH_ALLOW_CUDA_MISMATCH=1)")
+        print(f"fulgur_torch: CUDA major mismatch allowed ({msg})")
+        cpp_extension._check_cuda_version = lambda *args, **kwargs: None
+    else:
+        print(f"fulgur_torch: {msg}; torch will refuse the build (FULGUR_TORCH_ALLOW_CUDA_MISMATCH=1 lets it try)")
 
 setup(
     name="fulgur_torch",
