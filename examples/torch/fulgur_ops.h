@@ -43,8 +43,7 @@ OpStatus lightning_decode(const fulgur::lightning::DecodeParams& p, cudaStream_t
 // ---- MoE routing and dispatch -------------------------------------------------------------------
 OpStatus moe_route(const fulgur::moe::RouteParams& p, cudaStream_t stream);
 OpStatus moe_permute_workspace(const fulgur::moe::PermuteParams& p, size_t& bytes);
-OpStatus moe_permute(void* workspace, size_t workspace_bytes, const fulgur::moe::PermuteParams& p,
-                     cudaStream_t stream);
+OpStatus moe_permute(void* workspace, size_t workspace_bytes, const fulgur::moe::PermuteParams& p, cudaStream_t stream);
 OpStatus moe_gather(const fulgur::moe::GatherParams& p, cudaStream_t stream);
 OpStatus moe_combine(const fulgur::moe::CombineParams& p, cudaStream_t stream);
 

@@ -36,8 +36,7 @@ OpStatus token_drop_compact_workspace(const td::CompactParams& p, size_t& bytes)
   return detail::from_launch(td::compact(nullptr, bytes, p, nullptr));
 }
 
-OpStatus token_drop_compact(void* workspace, size_t workspace_bytes, const td::CompactParams& p,
-                            cudaStream_t stream) {
+OpStatus token_drop_compact(void* workspace, size_t workspace_bytes, const td::CompactParams& p, cudaStream_t stream) {
   const fulgur::Status s = td::can_implement(p);
   if (!s) return detail::from_status(s);
   size_t bytes = workspace_bytes;
