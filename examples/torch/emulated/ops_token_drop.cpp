@@ -1,0 +1,3 @@
+// SPDX-License-Identifier: Apache-2.0
+// fulgur_ops_token_drop.cu built by the host compiler under fulgur's CPU emulation (FULGUR_EMULATE).
+#include "../fulgur_ops_token_drop.cu"
