@@ -42,10 +42,11 @@ endif()
 if(PYTHON)
   execute_process(COMMAND ${PYTHON} -c
                   "import py_compile, sys; [py_compile.compile(f, cfile='${WORK_DIR}/x.pyc', doraise=True) for f in sys.argv[1:]]"
-                  ${SOURCE_DIR}/test_fulgur_torch.py ${SOURCE_DIR}/setup.py ${SOURCE_DIR}/fulgur_torch/__init__.py
+                  ${SOURCE_DIR}/test_fulgur_torch.py ${SOURCE_DIR}/setup.py ${SOURCE_DIR}/run_tests.py
+                  ${SOURCE_DIR}/fulgur_torch/__init__.py
                   RESULT_VARIABLE rc ERROR_VARIABLE err)
   if(rc EQUAL 0)
-    message(STATUS "ok: py_compile test_fulgur_torch.py setup.py fulgur_torch/__init__.py")
+    message(STATUS "ok: py_compile test_fulgur_torch.py setup.py run_tests.py fulgur_torch/__init__.py")
   else()
     list(APPEND failed "py_compile: ${err}")
   endif()
