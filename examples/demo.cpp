@@ -178,7 +178,7 @@ void print_list(const char* prefix, const std::vector<int32_t>& v, const char* s
 
 // Lightning layers: 4 of MiniMax-Text-01's 64 heads of dim 128 (the slice rank 15 of a 16-way
 // tensor-parallel split holds: the slowest decays of the layer), layer 40 of 80. Under emulation
-// the prefill costs roughly 40-80 ms per 64-token block and head at d = 128, hence a few hundred
+// the prefill costs about 80 ms per 64-token block and head at d = 128, hence a few hundred
 // tokens and 4 heads.
 constexpr int kH = 4;
 constexpr int kD = 128;
