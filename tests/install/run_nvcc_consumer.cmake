@@ -16,8 +16,8 @@ function(run)
 endfunction()
 
 # nvcc finds CUDA 13's CCCL (include/cccl) by itself, so fulgur's include folder is the only -I.
-# No --expt-relaxed-constexpr: the public headers must not need it (fulgur's own GPU test
-# binaries pass it for their test code, which an engine does not include).
+# No --expt-relaxed-constexpr: the public headers compile without it, and an engine should not
+# have to add flags for them (fulgur's own <test>_gpu binaries pass it; this test does not).
 set(flags -std=c++17 -I${INCLUDE_DIR} -gencode=arch=compute_80,code=sm_80)
 run(${NVCC} ${flags} -c ${CONSUMER_DIR}/first.cu -o ${WORK_DIR}/first.o)
 run(${NVCC} ${flags} -c ${CONSUMER_DIR}/second.cu -o ${WORK_DIR}/second.o)
