@@ -6,8 +6,8 @@
 
 Environment:
     FULGUR_INCLUDE_DIR   fulgur's include/ (default: ../../include, this repository's)
-    FULGUR_TORCH_ARCH    CUDA architectures, e.g. "90a" or "80;90a" (default: torch's own choice,
-                         TORCH_CUDA_ARCH_LIST or the visible GPUs). fulgur needs sm_80 or newer.
+    FULGUR_TORCH_ARCH    CUDA architectures, e.g. "90a" or "80;90a" (default: TORCH_CUDA_ARCH_LIST
+                         when set, else the visible GPUs', else 80;90a). fulgur needs sm_80 or newer.
     MAX_JOBS             parallel compile jobs (torch's BuildExtension, with ninja)
 
 The CUDA sources (fulgur_ops_*.cu) include no torch header, the binding (fulgur_torch.cpp) no
@@ -28,8 +28,20 @@ include = os.path.abspath(os.environ.get("FULGUR_INCLUDE_DIR") or os.path.join(h
 if not os.path.isfile(os.path.join(include, "fulgur", "lightning.cuh")):
     raise SystemExit(f"fulgur headers not found in {include}: set FULGUR_INCLUDE_DIR to fulgur's include/")
 
+def default_arch():
+    """The visible GPUs' architectures (sm_90 as 90a, like fulgur's own builds), else fulgur's
+    default 80;90a. Torch's own default would also target pre-sm_80 GPUs, which fulgur does not
+    support. TORCH_CUDA_ARCH_LIST, when set, is left to torch."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return ""
+    if torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return ";".join(sorted("90a" if c == (9, 0) else f"{c[0]}{c[1]}" for c in caps))
+    return "80;90a"
+
+
 nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
-arch = os.environ.get("FULGUR_TORCH_ARCH", "").replace(",", ";")
+arch = (os.environ.get("FULGUR_TORCH_ARCH") or default_arch()).replace(",", ";")
 for a in filter(None, (x.strip() for x in arch.split(";"))):
     # An explicit -gencode makes torch add no architecture flags of its own.
     nvcc_flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
