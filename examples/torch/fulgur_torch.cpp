@@ -67,16 +67,18 @@ void check_rows(const Tensor& t, int64_t dim, const char* what) {
   TORCH_CHECK(t.size(dim - 1) <= 1 || t.stride(dim - 1) == 1, what, ": the last dimension must be contiguous");
 }
 
-// PyTorch reports a stride of any value for a dimension of size 1 (and for empty tensors);
-// fulgur's Params want positive strides that make sense as row pitches.
+// The element stride of dimension `dim` as fulgur's row pitch. PyTorch may report any stride for
+// a dimension of size 0 or 1, where fulgur never steps: the dense pitch is used there, so the
+// Params stay valid. A broadcast dimension (stride 0 over several rows) is refused.
 int64_t pitch(const Tensor& t, int64_t dim) {
-  int64_t s = t.stride(dim);
-  if (t.size(dim) <= 1 || s <= 0) {
-    s = 1;
+  if (t.size(dim) <= 1) {
+    int64_t s = 1;
     for (int64_t d = dim + 1; d < t.dim(); ++d) s *= t.size(d);
-    if (s <= 0) s = 1;
+    return s > 0 ? s : 1;
   }
-  return s;
+  TORCH_CHECK(t.stride(dim) > 0, "fulgur ops need positive strides; dimension ", dim,
+              " has stride 0 or less (an expanded or flipped tensor: pass .contiguous())");
+  return t.stride(dim);
 }
 
 template <typename T>
