@@ -56,10 +56,11 @@ Cost prefill_cost(int H, int64_t N, int num_seqs) {
   return c;
 }
 
-Cost decode_cost(int H, int64_t B) {
+/// steps tokens per row (speculative decoding); the state is read and written once per call.
+Cost decode_cost(int H, int64_t B, int steps = 1) {
   Cost c;
-  c.flops = static_cast<double>(B) * H * 5.0 * kD * kD;  // S' = lambda S + k^T v (3d^2), o = q S' (2d^2)
-  c.bytes = static_cast<double>(B) * H * (4.0 * kD * 2.0 + 2.0 * kD * kD * 4.0);
+  c.flops = static_cast<double>(B) * steps * H * 5.0 * kD * kD;  // S' = lambda S + k^T v (3d^2), o = q S' (2d^2)
+  c.bytes = static_cast<double>(B) * H * (steps * 4.0 * kD * 2.0 + 2.0 * kD * kD * 4.0);
   return c;
 }
 
@@ -149,9 +150,9 @@ void bench_prefill(benchmark::State& st, int H, int64_t N, int seqs, bool varlen
   });
 }
 
-void bench_decode(benchmark::State& st, int H, int64_t B) {
+void bench_decode(benchmark::State& st, int H, int64_t B, int steps = 1) {
 #if FULGUR_BENCH_HAVE_DECODE
-  const Cost cost = decode_cost(H, B);
+  const Cost cost = decode_cost(H, B, steps);
   const int copies = rotation_copies(cost.bytes);
   std::vector<int32_t> slots(B);
   std::iota(slots.begin(), slots.end(), 0);
@@ -162,9 +163,10 @@ void bench_decode(benchmark::State& st, int H, int64_t B) {
   std::vector<Tensors> t(copies);
   std::vector<lt::DecodeParams> ps(copies);
   for (int c = 0; c < copies; ++c) {
-    FULGUR_BENCH_CHECK(st, make_tensors(t[c], B, H, B, 2000 + 10 * c));
+    FULGUR_BENCH_CHECK(st, make_tensors(t[c], B * steps, H, B, 2000 + 10 * c));
     lt::DecodeParams& p = ps[c];
     p.batch_size = static_cast<int32_t>(B);
+    p.num_steps = steps;
     p.num_heads = H;
     p.dk = p.dv = kD;
     p.qkv_dtype = p.o_dtype = fulgur::DType::kBF16;
@@ -185,6 +187,7 @@ void bench_decode(benchmark::State& st, int H, int64_t B) {
 #else
   (void)H;
   (void)B;
+  (void)steps;
   st.SkipWithError("fulgur::lightning decode is not in this build (include/fulgur/lightning/decode.cuh missing)");
   for (auto _ : st) {
   }
@@ -214,6 +217,11 @@ void register_all() {
       add("lightning.decode/H=" + std::to_string(H) + "/d=128/B=" + std::to_string(B), decode_cost(H, B),
           [H, B](benchmark::State& s) { bench_decode(s, H, B); });
     }
+  }
+  // Speculative decoding: 4 tokens per row in one call (the state read and written once).
+  for (int H : {8, 64}) {
+    add("lightning.decode/H=" + std::to_string(H) + "/d=128/B=64/steps=4", decode_cost(H, 64, 4),
+        [H](benchmark::State& s) { bench_decode(s, H, 64, 4); });
   }
 }
 

@@ -24,9 +24,11 @@ FULGUR_LT_PREFILL(128, 2, float)
 template __global__ void ltd::prefill_scan_kernel<64>(lt::PrefillParams, ltd::PrefillExtra);
 template __global__ void ltd::prefill_scan_kernel<128>(lt::PrefillParams, ltd::PrefillExtra);
 
-#define FULGUR_LT_DECODE(D, T)                                                \
-  template __global__ void ltd::decode_kernel<D, false, T>(lt::DecodeParams); \
-  template __global__ void ltd::decode_kernel<D, true, T>(lt::DecodeParams);
+#define FULGUR_LT_DECODE(D, T)                                                       \
+  template __global__ void ltd::decode_kernel<D, false, T, false>(lt::DecodeParams); \
+  template __global__ void ltd::decode_kernel<D, true, T, false>(lt::DecodeParams);  \
+  template __global__ void ltd::decode_kernel<D, false, T, true>(lt::DecodeParams);  \
+  template __global__ void ltd::decode_kernel<D, true, T, true>(lt::DecodeParams);
 FULGUR_LT_DECODE(64, __nv_bfloat16)
 FULGUR_LT_DECODE(64, __half)
 FULGUR_LT_DECODE(64, float)

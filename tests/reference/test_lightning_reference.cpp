@@ -477,6 +477,73 @@ TEST_CASE("lightning: prefill then decode steps equals one longer prefill", "[re
     attach_pool(ph, pool, slots);
     REQUIRE((bs == 0 ? ref::lightning_prefill(ph) : ref::lightning_prefill_blocked(ph, bs)).is_ok());
 
+    // The same continuation as one multi-token call (num_steps = steps, speculative decoding)
+    // from the prompt's state, with every step's state written out. The state was stored once
+    // (after the prompt) before the call, so o is within 2^-24 scale sum_i |q_i| Smax(i, j) of the
+    // long prefill; step state t is the closed form at prompt + t + 1 up to that store and its
+    // own rounding (2 stores); the pool holds the last step state, bit for bit.
+    {
+      const int B = 3;
+      std::vector<float> mpool = pool;
+      std::vector<double> q(B * steps * pb.H * dk), k(q.size()), v(B * steps * pb.H * dv), o(v.size());
+      std::vector<float> st(size_t(B) * steps * pb.H * dk * dv);
+      fulgur_test::poison(o);
+      for (int b = 0; b < B; ++b)
+        for (int t = 0; t < steps; ++t) {
+          const int64_t row = pb.cu[b] + prompt[b] + t, r = int64_t{b} * steps + t;
+          std::copy(pb.qa(row, 0), pb.qa(row, 0) + pb.H * dk, &q[r * pb.H * dk]);
+          std::copy(pb.ka(row, 0), pb.ka(row, 0) + pb.H * dk, &k[r * pb.H * dk]);
+          std::copy(pb.va(row, 0), pb.va(row, 0) + pb.H * dv, &v[r * pb.H * dv]);
+        }
+      lt::DecodeParams d;
+      d.batch_size = B;
+      d.num_steps = steps;
+      d.num_heads = pb.H;
+      d.dk = dk;
+      d.dv = dv;
+      d.qkv_dtype = DType::kF64;
+      d.q = q.data();
+      d.k = k.data();
+      d.v = v.data();
+      d.q_stride_token = d.k_stride_token = int64_t{pb.H} * dk;
+      d.q_stride_head = d.k_stride_head = dk;
+      d.v_stride_token = int64_t{pb.H} * dv;
+      d.v_stride_head = dv;
+      d.o_dtype = DType::kF64;
+      d.o = o.data();
+      d.o_stride_token = int64_t{pb.H} * dv;
+      d.o_stride_head = dv;
+      d.slopes = pb.slopes.data();
+      d.scale = static_cast<float>(scale);
+      d.state = mpool.data();
+      d.num_slots = 6;
+      d.slot_ids = slots.data();
+      d.step_states = st.data();
+      REQUIRE(ref::lightning_decode(d).is_ok());
+      for (int b = 0; b < B; ++b)
+        for (int h = 0; h < pb.H; ++h) {
+          INFO("multi-token call, sequence " << b << " head " << h);
+          const std::vector<double> S0 =
+              head_kv(&pool0[head_offset(slots[b], pb.H, dk, dv, h)], StateLayout::kKV, dk, dv);
+          for (int t = 0; t < steps; ++t) {
+            const int64_t tok = pb.cu[b] + prompt[b] + t, r = int64_t{b} * steps + t;
+            const double* qt = pb.qa(tok, h);
+            for (int j = 0; j < dv; ++j) {
+              double mag = 0;
+              for (int i = 0; i < dk; ++i) mag += std::fabs(qt[i]) * Smax[b][h][i * dv + j];
+              const double want = o_full[(tok * pb.H + h) * dv + j];
+              CHECK(std::fabs(o[(r * pb.H + h) * dv + j] - want) <= kU32 * scale * mag + kFp64Tol * std::fabs(want));
+            }
+            const std::vector<double> S = closed_form_state(pb, b, h, prompt[b] + t + 1, S0);
+            const float* got = &st[(size_t(r) * pb.H + h) * dk * dv];
+            for (int e = 0; e < dk * dv; ++e)
+              CHECK(std::fabs(double(got[e]) - S[e]) <= 2 * kU32 * Smax[b][h][e] * (1 + 1e-6) + kFp64Tol * std::fabs(S[e]));
+          }
+          const float* last = &st[(size_t(b * steps + steps - 1) * pb.H + h) * dk * dv];
+          CHECK(std::memcmp(&mpool[head_offset(slots[b], pb.H, dk, dv, h)], last, sizeof(float) * dk * dv) == 0);
+        }
+    }
+
     // Decode batch: the three sequences plus a padding row (slot -1) in the middle.
     const int B = 4;
     const std::vector<int32_t> dslots = {slots[0], -1, slots[1], slots[2]};

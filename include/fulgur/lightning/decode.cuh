@@ -19,6 +19,9 @@
 //        dot products are summed by a fixed xor-shuffle tree.
 //    Either way every output and state element is computed by the same operations in the same
 //    order whatever the split and the batch: results are deterministic and batch invariant.
+//  - Several tokens per row (num_steps, speculative decoding): the CTA keeps its state piece in
+//    registers across the row's tokens, storing the pool once after the last one and, if asked,
+//    every token's state to step_states; each token runs exactly the one-token arithmetic.
 //  - slot -1 rows exit at once (nothing read or written). Every CTA checks all slot ids and
 //    slopes before writing anything, so bad device arrays make the whole call write nothing.
 #pragma once
@@ -40,7 +43,10 @@ namespace detail {
 
 #if defined(__CUDACC__) || defined(FULGUR_EMULATE)
 
-template <int kD, bool kVK, typename Tin>
+/// kSteps: the multi-token path (num_steps > 1 or step_states): the state piece stays live in
+/// registers across the tokens, which costs registers (d = 128: ~215 against ~124 on sm_90a, one
+/// CTA per SM instead of two), so one-token calls keep a kernel that stores as it goes.
+template <int kD, bool kVK, typename Tin, bool kSteps>
 struct DecodeKernel {
   static constexpr int kRowsPerThread = kD / 8;  // float4 pieces of the state per thread
   static constexpr int kMaxThreads = 2 * kD;     // splits == 1
@@ -116,86 +122,110 @@ struct DecodeKernel {
         st[k] = __ldcs(reinterpret_cast<const float4*>(S + int64_t{row_of[k]} * kD + 4 * chunk));
     }
 
-    const Tin* q = static_cast<const Tin*>(p.q) + b * p.q_stride_token + h * p.q_stride_head;
-    const Tin* k = static_cast<const Tin*>(p.k) + b * p.k_stride_token + h * p.k_stride_head;
-    const Tin* v = static_cast<const Tin*>(p.v) + b * p.v_stride_token + h * p.v_stride_head;
-    stage(sq, q, kD, p.silu_qkv, tid, threads);
-    stage(sk, k, kD, p.silu_qkv, tid, threads);
-    stage(sv, v, kD, p.silu_qkv, tid, threads);  // all of v: 2d bytes, simpler than slicing
-    if (__syncthreads_or(bad)) return;
-
     // lambda = exp(-s) in fp64, applied as hi + lo: decode multiplies a state entry by it once per
     // token for as long as the entry lives, so a one-sided fp32 error would compound into a
-    // relative drift of 2^-24 / (1 - lambda), 1e-3 at the slowest MiniMax slope.
-    const double lambda_d = exp(-static_cast<double>(p.slopes[h]));
-    const float lambda = static_cast<float>(lambda_d);
-    const float lambda_lo = static_cast<float>(lambda_d - static_cast<double>(lambda));
-    if (!kVK) {
-      // S[i][j] = lambda S[i][j] + k_i v_j for this thread's rows i and columns j = 4 chunk + e.
-      const int r = row_of[0];
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-      const float4 vj = make_float4(sv[4 * chunk], sv[4 * chunk + 1], sv[4 * chunk + 2], sv[4 * chunk + 3]);
-#pragma unroll
-      for (int kk = 0; kk < kRowsPerThread; ++kk) {
-        const int i = row_of[kk];
-        const float ki = sk[i], qi = sq[i];
-        float4 s = st[kk];
-        s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, ki * vj.x));
-        s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, ki * vj.y));
-        s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, ki * vj.z));
-        s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, ki * vj.w));
-        __stcs(reinterpret_cast<float4*>(S + int64_t{i} * kD + 4 * chunk), s);
-        acc.x = fmaf(qi, s.x, acc.x);
-        acc.y = fmaf(qi, s.y, acc.y);
-        acc.z = fmaf(qi, s.z, acc.z);
-        acc.w = fmaf(qi, s.w, acc.w);
+    // relative drift of 2^-24 / (1 - lambda), 1e-3 at the slowest MiniMax slope. (Read after the
+    // verdict below: a bad slope is never used.)
+    const int steps = kSteps ? p.num_steps : 1;
+    const int64_t step_stride = p.step_state_stride != 0 ? p.step_state_stride : int64_t{p.num_heads} * head_elems;
+    double lambda_d = 0.0;
+    float lambda = 0.f, lambda_lo = 0.f;
+
+    // The row's tokens in order; the state stays in registers between them, so each token does
+    // exactly what a one-token call would do on the state the previous token left.
+    for (int t = 0; t < steps; ++t) {
+      const int64_t row = int64_t{b} * steps + t;  // token row of q, k, v and o
+      const Tin* q = static_cast<const Tin*>(p.q) + row * p.q_stride_token + h * p.q_stride_head;
+      const Tin* k = static_cast<const Tin*>(p.k) + row * p.k_stride_token + h * p.k_stride_head;
+      const Tin* v = static_cast<const Tin*>(p.v) + row * p.v_stride_token + h * p.v_stride_head;
+      // Barriers: the previous token's readers of sq/sk/sv finished before its pre-store barrier.
+      stage(sq, q, kD, p.silu_qkv, tid, threads);
+      stage(sk, k, kD, p.silu_qkv, tid, threads);
+      stage(sv, v, kD, p.silu_qkv, tid, threads);  // all of v: 2d bytes, simpler than slicing
+      if (t == 0) {
+        if (__syncthreads_or(bad)) return;
+        lambda_d = exp(-static_cast<double>(p.slopes[h]));
+        lambda = static_cast<float>(lambda_d);
+        lambda_lo = static_cast<float>(lambda_d - static_cast<double>(lambda));
+      } else {
+        __syncthreads();
       }
-      const int jl = 4 * chunk - j0;  // local column
-      red[r][jl] = acc.x;
-      red[r][jl + 1] = acc.y;
-      red[r][jl + 2] = acc.z;
-      red[r][jl + 3] = acc.w;
+      const bool last = !kSteps || t == steps - 1;
+      float* const Sout = kSteps && p.step_states != nullptr
+                              ? p.step_states + (int64_t{b} * steps + t) * step_stride + h * head_elems
+                              : nullptr;
+      if (!kVK) {
+        // S[i][j] = lambda S[i][j] + k_i v_j for this thread's rows i and columns j = 4 chunk + e.
+        const int r = row_of[0];
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 vj = make_float4(sv[4 * chunk], sv[4 * chunk + 1], sv[4 * chunk + 2], sv[4 * chunk + 3]);
+#pragma unroll
+        for (int kk = 0; kk < kRowsPerThread; ++kk) {
+          const int i = row_of[kk];
+          const float ki = sk[i], qi = sq[i];
+          float4 s = st[kk];
+          s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, ki * vj.x));
+          s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, ki * vj.y));
+          s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, ki * vj.z));
+          s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, ki * vj.w));
+          if (kSteps) st[kk] = s;
+          if (last) __stcs(reinterpret_cast<float4*>(S + int64_t{i} * kD + 4 * chunk), s);
+          if (Sout != nullptr) __stcs(reinterpret_cast<float4*>(Sout + int64_t{i} * kD + 4 * chunk), s);
+          acc.x = fmaf(qi, s.x, acc.x);
+          acc.y = fmaf(qi, s.y, acc.y);
+          acc.z = fmaf(qi, s.z, acc.z);
+          acc.w = fmaf(qi, s.w, acc.w);
+        }
+        const int jl = 4 * chunk - j0;  // local column
+        red[r][jl] = acc.x;
+        red[r][jl + 1] = acc.y;
+        red[r][jl + 2] = acc.z;
+        red[r][jl + 3] = acc.w;
+        __syncthreads();
+        for (int j = tid; j < cols; j += threads) {
+          float o = red[0][j];
+#pragma unroll
+          for (int g = 1; g < 8; ++g) o += red[g][j];
+          so[j] = o;
+        }
+      } else {
+        // S^T[j][i] = lambda S^T[j][i] + v_j k_i for this thread's rows j and i = 4 chunk + e;
+        // o_j = sum_i q_i S^T[j][i] over the row's lanes.
+        const float4 ki = make_float4(sk[4 * chunk], sk[4 * chunk + 1], sk[4 * chunk + 2], sk[4 * chunk + 3]);
+        const float4 qi = make_float4(sq[4 * chunk], sq[4 * chunk + 1], sq[4 * chunk + 2], sq[4 * chunk + 3]);
+#pragma unroll
+        for (int kk = 0; kk < kRowsPerThread; ++kk) {
+          const int j = row_of[kk];
+          const float vj = sv[j];
+          float4 s = st[kk];
+          s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, vj * ki.x));
+          s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, vj * ki.y));
+          s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, vj * ki.z));
+          s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, vj * ki.w));
+          if (kSteps) st[kk] = s;
+          if (last) __stcs(reinterpret_cast<float4*>(S + int64_t{j} * kD + 4 * chunk), s);
+          if (Sout != nullptr) __stcs(reinterpret_cast<float4*>(Sout + int64_t{j} * kD + 4 * chunk), s);
+          float part = qi.x * s.x;
+          part = fmaf(qi.y, s.y, part);
+          part = fmaf(qi.z, s.z, part);
+          part = fmaf(qi.w, s.w, part);
+#pragma unroll
+          for (int off = kLanesPerRow / 2; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
+          if (chunk == 0) so[j - j0] = part;
+        }
+      }
+      // Also orders this token's reads of sq/sk/sv (and red) before the next token's staging.
       __syncthreads();
-      for (int j = tid; j < cols; j += threads) {
-        float o = red[0][j];
-#pragma unroll
-        for (int g = 1; g < 8; ++g) o += red[g][j];
-        so[j] = o;
-      }
-    } else {
-      // S^T[j][i] = lambda S^T[j][i] + v_j k_i for this thread's rows j and i = 4 chunk + e;
-      // o_j = sum_i q_i S^T[j][i] over the row's lanes.
-      const float4 ki = make_float4(sk[4 * chunk], sk[4 * chunk + 1], sk[4 * chunk + 2], sk[4 * chunk + 3]);
-      const float4 qi = make_float4(sq[4 * chunk], sq[4 * chunk + 1], sq[4 * chunk + 2], sq[4 * chunk + 3]);
-#pragma unroll
-      for (int kk = 0; kk < kRowsPerThread; ++kk) {
-        const int j = row_of[kk];
-        const float vj = sv[j];
-        float4 s = st[kk];
-        s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, vj * ki.x));
-        s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, vj * ki.y));
-        s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, vj * ki.z));
-        s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, vj * ki.w));
-        __stcs(reinterpret_cast<float4*>(S + int64_t{j} * kD + 4 * chunk), s);
-        float part = qi.x * s.x;
-        part = fmaf(qi.y, s.y, part);
-        part = fmaf(qi.z, s.z, part);
-        part = fmaf(qi.w, s.w, part);
-#pragma unroll
-        for (int off = kLanesPerRow / 2; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
-        if (chunk == 0) so[j - j0] = part;
-      }
+      const int64_t obase = row * p.o_stride_token + h * p.o_stride_head + j0;
+      for (int j = 2 * tid; j < cols; j += 2 * threads)
+        store_pair(p.o, p.o_dtype, obase + j, p.scale * so[j], p.scale * so[j + 1]);
     }
-    __syncthreads();
-    const int64_t obase = b * p.o_stride_token + h * p.o_stride_head + j0;
-    for (int j = 2 * tid; j < cols; j += 2 * threads)
-      store_pair(p.o, p.o_dtype, obase + j, p.scale * so[j], p.scale * so[j + 1]);
   }
 };
 
-template <int kD, bool kVK, typename Tin>
+template <int kD, bool kVK, typename Tin, bool kSteps>
 FULGUR_KERNEL void __launch_bounds__(2 * kD, 1) decode_kernel(DecodeParams p) {
-  DecodeKernel<kD, kVK, Tin>::run(p);
+  DecodeKernel<kD, kVK, Tin, kSteps>::run(p);
 }
 
 #endif  // __CUDACC__ || FULGUR_EMULATE
@@ -204,9 +234,10 @@ FULGUR_KERNEL void __launch_bounds__(2 * kD, 1) decode_kernel(DecodeParams p) {
 
 #if defined(__CUDACC__) || defined(FULGUR_EMULATE)
 
-/// One lightning attention decode step (DecodeParams, params.hpp): for every batch row with a
-/// slot, S = lambda S + k^T v in place in the pool and o = scale * q S. Rows with slot -1 read
-/// and write nothing. Returns cudaErrorInvalidValue / cudaErrorNotSupported (nothing launched)
+/// Lightning attention decode (DecodeParams, params.hpp): for every batch row with a slot and
+/// each of its num_steps tokens in order, S = lambda S + k^T v in place in the pool and
+/// o = scale * q S (and the state after each token in step_states when given). Rows with slot -1
+/// read and write nothing. Returns cudaErrorInvalidValue / cudaErrorNotSupported (nothing launched)
 /// when can_implement() says so; slot ids or slopes that are bad on the device make the whole
 /// call write nothing (the launcher cannot read device memory to report it; validate them on the
 /// host with validate_host_arrays() when in doubt). Never allocates or synchronizes; safe in CUDA
@@ -223,11 +254,16 @@ cudaError_t decode(const Params& p, cudaStream_t stream = nullptr) {
   const dim3 grid(static_cast<unsigned>(p.batch_size), static_cast<unsigned>(p.num_heads),
                   static_cast<unsigned>(splits));
   const bool vk = p.state_layout == StateLayout::kVK;
+  const bool steps = p.num_steps > 1 || p.step_states != nullptr;  // the multi-token kernel
   return FULGUR_DISPATCH_VALUE(int, p.dk, kD, (FULGUR_LIGHTNING_HEAD_DIMS), {
     const dim3 block(static_cast<unsigned>(2 * kD / splits));
     return FULGUR_DISPATCH_DTYPE(p.qkv_dtype, Tin, {
-      return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin>, grid, block, 0, stream, p)
-                : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin>, grid, block, 0, stream, p);
+      if (steps) {
+        return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin, true>, grid, block, 0, stream, p)
+                  : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin, true>, grid, block, 0, stream, p);
+      }
+      return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin, false>, grid, block, 0, stream, p)
+                : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin, false>, grid, block, 0, stream, p);
     });
   });
 }

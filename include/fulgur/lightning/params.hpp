@@ -155,7 +155,21 @@ struct DecodeParams {
   int64_t state_stride_slot = 0;      // 0 = dense (H * dk * dv)
   const int32_t* slot_ids = nullptr;  // [B], required. -1 = padding (e.g. a CUDA-graph batch
                                       // rounded up): nothing is read or written for that row,
-                                      // o included. Non-negative ids must be distinct.
+                                      // o and step_states included. Non-negative ids must be
+                                      // distinct.
+
+  // Several tokens per sequence in one call (speculative decoding: the draft tokens of a row
+  // verified together). Token t (0 <= t < num_steps) of batch row b is token row
+  // b * num_steps + t of q, k, v and o (so q is [B * num_steps, H, dk] through the same strides),
+  // applied in order t = 0, 1, ...: the result is bit for bit that of num_steps successive
+  // one-token calls. The pool holds the state after the last token.
+  int32_t num_steps = 1;  // >= 1
+  // Optional [B, num_steps, H, dk, dv] ([.., dv, dk] for kVK) fp32: the state after each token,
+  // so an engine that accepts only the first a draft tokens can take state a-1 (e.g. copy it
+  // back into the slot). Null: not written. Rows with slot -1 are not written.
+  float* step_states = nullptr;
+  int64_t step_state_stride = 0;  // elements between consecutive (row, token) states; 0 = dense
+                                  // (H * dk * dv); else >= H * dk * dv
 };
 
 namespace params_detail {
@@ -287,6 +301,11 @@ inline Status validate(const DecodeParams& p) {
   FULGUR_CHECK_ARG(p.num_slots == 0 || p.state != nullptr, "lightning decode: state is null but num_slots > 0");
   FULGUR_CHECK_ARG(p.state_stride_slot == 0 || p.state_stride_slot >= int64_t{p.num_heads} * p.dk * p.dv,
                    "lightning decode: state_stride_slot must be 0 (dense) or >= H*dk*dv");
+  FULGUR_CHECK_ARG(p.num_steps >= 1, "lightning decode: num_steps must be >= 1");
+  FULGUR_CHECK_ARG(int64_t{p.batch_size} * p.num_steps <= INT32_MAX,
+                   "lightning decode: batch_size * num_steps must fit int32");
+  FULGUR_CHECK_ARG(p.step_state_stride == 0 || p.step_state_stride >= int64_t{p.num_heads} * p.dk * p.dv,
+                   "lightning decode: step_state_stride must be 0 (dense) or >= H*dk*dv");
   return Status::ok();
 }
 

@@ -264,6 +264,9 @@ inline Status can_implement(const DecodeParams& p) {
   FULGUR_CHECK_ARG(p.state == nullptr || detail::aligned(p.state, 16),
                    "lightning decode: state must be 16-byte aligned");
   FULGUR_CHECK_ARG(p.state_stride_slot % 4 == 0, "lightning decode: state_stride_slot must be a multiple of 4");
+  FULGUR_CHECK_ARG(p.step_states == nullptr || detail::aligned(p.step_states, 16),
+                   "lightning decode: step_states must be 16-byte aligned");
+  FULGUR_CHECK_ARG(p.step_state_stride % 4 == 0, "lightning decode: step_state_stride must be a multiple of 4");
   return Status::ok();
 }
 

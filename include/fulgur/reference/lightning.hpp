@@ -5,7 +5,8 @@
 //
 //   lightning_prefill          the per-token recurrence: the ground truth
 //   lightning_prefill_blocked  the block (chunked) form the kernels implement, any block 1..256
-//   lightning_decode           one recurrence step per batch row, state updated in place
+//   lightning_decode           num_steps recurrence steps per batch row (1: plain decode), state
+//                              updated in place, optionally each step's state written out
 //
 // Math (the family spec, "The recurrence"; MiniMax-01 and Lightning Attention-2), per sequence and
 // head, lambda = exp(-s_h):
@@ -234,8 +235,11 @@ inline Status lightning_prefill_blocked(const lightning::PrefillParams& p, int b
   return Status::ok();
 }
 
-/// One decode step per batch row: S = lambda S + k^T v, o = scale * q S, S written back in
-/// place. Rows with slot -1 read and write nothing (o included).
+/// num_steps decode tokens per batch row, in order: S = lambda S + k^T v, o = scale * q S for
+/// each (token row b * num_steps + t), S written back in place after the last one and, when
+/// step_states is set, after every token (rounded to fp32 like a checkpoint; the state stays
+/// fp64 across the call's tokens, as in a prefill). Rows with slot -1 read and write nothing
+/// (o and step_states included).
 inline Status lightning_decode(const lightning::DecodeParams& p) {
   using namespace lightning_detail;
   FULGUR_RETURN_IF_ERROR(lightning::validate(p));
@@ -243,6 +247,7 @@ inline Status lightning_decode(const lightning::DecodeParams& p) {
   const int H = p.num_heads, dk = p.dk, dv = p.dv;
   const int64_t head_elems = int64_t{dk} * dv;
   const int64_t pool_stride = slot_stride(p.state_stride_slot, H, dk, dv);
+  const int64_t step_stride = slot_stride(p.step_state_stride, H, dk, dv);
   std::vector<double> q(dk), k(dk), v(dv), S(static_cast<size_t>(head_elems));
   for (int32_t b = 0; b < p.batch_size; ++b) {
     const int32_t slot = p.slot_ids[b];
@@ -250,17 +255,22 @@ inline Status lightning_decode(const lightning::DecodeParams& p) {
     for (int h = 0; h < H; ++h) {
       float* slot_state = p.state + slot * pool_stride + h * head_elems;
       read_state(slot_state, p.state_layout, dk, dv, S.data());
-      load_vec(p.q, p.qkv_dtype, b * p.q_stride_token + h * p.q_stride_head, dk, p.silu_qkv, q.data());
-      load_vec(p.k, p.qkv_dtype, b * p.k_stride_token + h * p.k_stride_head, dk, p.silu_qkv, k.data());
-      load_vec(p.v, p.qkv_dtype, b * p.v_stride_token + h * p.v_stride_head, dv, p.silu_qkv, v.data());
       const double lambda = std::exp(-static_cast<double>(p.slopes[h]));
-      for (int i = 0; i < dk; ++i)
-        for (int j = 0; j < dv; ++j) S[i * dv + j] = lambda * S[i * dv + j] + k[i] * v[j];
-      const int64_t o_off = b * p.o_stride_token + h * p.o_stride_head;
-      for (int j = 0; j < dv; ++j) {
-        double acc = 0.0;
-        for (int i = 0; i < dk; ++i) acc += q[i] * S[i * dv + j];
-        store(p.o, p.o_dtype, o_off + j, p.scale * acc);
+      for (int32_t t = 0; t < p.num_steps; ++t) {
+        const int64_t row = int64_t{b} * p.num_steps + t;
+        load_vec(p.q, p.qkv_dtype, row * p.q_stride_token + h * p.q_stride_head, dk, p.silu_qkv, q.data());
+        load_vec(p.k, p.qkv_dtype, row * p.k_stride_token + h * p.k_stride_head, dk, p.silu_qkv, k.data());
+        load_vec(p.v, p.qkv_dtype, row * p.v_stride_token + h * p.v_stride_head, dv, p.silu_qkv, v.data());
+        for (int i = 0; i < dk; ++i)
+          for (int j = 0; j < dv; ++j) S[i * dv + j] = lambda * S[i * dv + j] + k[i] * v[j];
+        const int64_t o_off = row * p.o_stride_token + h * p.o_stride_head;
+        for (int j = 0; j < dv; ++j) {
+          double acc = 0.0;
+          for (int i = 0; i < dk; ++i) acc += q[i] * S[i * dv + j];
+          store(p.o, p.o_dtype, o_off + j, p.scale * acc);
+        }
+        if (p.step_states != nullptr)
+          write_state(S.data(), p.state_layout, dk, dv, p.step_states + row * step_stride + h * head_elems);
       }
       write_state(S.data(), p.state_layout, dk, dv, slot_state);
     }
