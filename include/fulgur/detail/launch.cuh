@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 #include <tuple>
 #include <utility>
 
@@ -33,6 +34,18 @@ cudaError_t launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t 
   }
   kernel<<<grid, block, smem_bytes, stream>>>(std::forward<Args>(args)...);
   return cudaGetLastError();
+#endif
+}
+
+/// cudaMemsetAsync on the caller's stream (no synchronization; graph-capturable). Under
+/// emulation a plain memset: emulated work completes in order on the calling thread.
+inline cudaError_t memset_async(void* p, int value, size_t bytes, cudaStream_t stream) {
+#if FULGUR_EMULATING
+  (void)stream;
+  if (bytes) std::memset(p, value, bytes);
+  return cudaSuccess;
+#else
+  return cudaMemsetAsync(p, value, bytes, stream);
 #endif
 }
 

@@ -1,18 +1,25 @@
 // SPDX-License-Identifier: Apache-2.0
 // fulgur::token_drop::score_select_compact: the common inference case (one query row per
-// sequence, cu_queries == nullptr) in one launch for score, select and the compaction map, one
-// block per sequence, followed by the compaction's gather launch(es).
+// sequence, cu_queries == nullptr) in one launch for score, select and the compaction map,
+// followed by the compaction's gather launch(es).
 //
-// The block runs the very device functions of the separate kernels (score_part for every kv head
-// and part of its row, keeping the parts' statistics in shared memory instead of the workspace;
-// score_tile for its image tokens; select_span for its spans; build_sequence_map), with the same
-// block size, so every output equals the separate score -> select -> compact calls bit for bit
-// (tested). Within the block, the scores and kept indices it wrote to global memory are read back
-// after a __syncthreads(), which makes a block's global writes visible to the block.
+// Grid (B x grid_parts, H_kv), as the score's first launch: every block first computes its part
+// of its sequence's causal row (score_partials_block: the (max, sum exp) statistics and the image
+// keys' logits, to the workspace), so the whole GPU reads K once, in parallel. Then each block
+// takes a ticket from its sequence's counter (after a __threadfence, so its writes are visible
+// first); the block that takes the last ticket of sequence b finishes b alone: it checks the
+// batch's metadata, turns the stored logits into scores (score_tile, as the score's second
+// launch), selects each span (select_span, as select_kernel) and builds b's part of the map
+// (build_sequence_map, as compact_map_kernel). These are the very device functions of the
+// separate kernels, with the same block size and the same reduction orders, so every output
+// equals the separate score -> select -> compact calls bit for bit (tested), and which block
+// happens to finish a sequence changes nothing.
 //
-// When to use it: it saves two launches and the workspace round trip of the partials, which
-// dominates at small sizes, but gives each sequence one SM: at batch 1 with long rows the separate
-// score (up to H_kv x 32 blocks per row) is faster. docs/token_drop.md has the trade-off.
+// Cost over the separate calls: none of their launches but the gathers, no scores or kept
+// indices read back from global memory by another launch; the finishing block's work (N H stored
+// logits read, one block radix select per span, the map) is serial per sequence. The tickets are
+// zeroed by a cudaMemsetAsync on the stream before the launch (the workspace's contents are
+// arbitrary on entry, CUB style).
 #pragma once
 
 #include <cstdint>
@@ -32,27 +39,48 @@ FULGUR_NAMESPACE_BEGIN
 namespace token_drop {
 namespace detail {
 
-/// Shared-memory floats of the fused kernel: the larger of the part and tile work areas, then the
-/// row's part statistics [H][kScoreMaxParts].
+/// Shared-memory floats of the fused kernel: the larger of the part and tile work areas.
 FULGUR_HOST_DEVICE constexpr int64_t fused_work_floats(int heads, int group, int head_dim) {
   return part_smem_floats(group, head_dim) > tile_smem_floats(heads, head_dim) ? part_smem_floats(group, head_dim)
                                                                                : tile_smem_floats(heads, head_dim);
 }
 inline size_t fused_smem_bytes(const ScoreParams& p) {
-  const int64_t work = fused_work_floats(p.num_heads, p.num_heads / p.num_kv_heads, p.head_dim);
-  return static_cast<size_t>(work + 2 * static_cast<int64_t>(p.num_heads) * kScoreMaxParts) * sizeof(float);
+  return static_cast<size_t>(fused_work_floats(p.num_heads, p.num_heads / p.num_kv_heads, p.head_dim)) *
+         sizeof(float);
 }
 
-/// Grid B: block b scores, selects and maps sequence b (query row b).
+/// Grid (B * grid_parts, H_kv): block (b * grid_parts + part, kvh) scores its part of sequence
+/// b's row, then the last block of sequence b to finish that scores, selects and maps b.
+/// tickets[0..B) must be zero at launch.
 template <typename T, int V>
 FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    fused_kernel(ScoreParams sp, SelectParams sel, CompactParams cp, ScoreGeometry g, int64_t* row_map, int* flag) {
+    fused_kernel(ScoreParams sp, SelectParams sel, CompactParams cp, ScoreGeometry g, Stats* partials, float* logits,
+                 unsigned* tickets, int64_t* row_map, int* flag) {
   FULGUR_DYNAMIC_SMEM(float, smem);
   __shared__ CheckStorage check_storage;
   __shared__ typename BlockSum::TempStorage sum_storage;
   __shared__ SelectStorage select_storage;
+  __shared__ int finisher;
   const BatchLayout& l = sp.layout;
   const int tid = static_cast<int>(threadIdx.x);
+  const int64_t b = static_cast<int64_t>(blockIdx.x) / g.grid_parts;
+  const int part = static_cast<int>(blockIdx.x % g.grid_parts);
+
+  // Phase 1 (every block): the statistics and image logits of one part of b's row.
+  score_partials_block<T, V>(sp, g, partials, logits, b, part, static_cast<int>(blockIdx.y), smem, sum_storage);
+
+  // Phase 2 (the last of b's blocks): its writes and everyone else's are visible once the ticket
+  // says all of b's blocks have fenced theirs.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    const unsigned per_sequence = static_cast<unsigned>(g.grid_parts) * static_cast<unsigned>(g.kv_heads);
+    finisher = atomicAdd(&tickets[b], 1u) == per_sequence - 1u ? 1 : 0;
+  }
+  __syncthreads();
+  if (!finisher) return;
+  __threadfence();
+
   CheckSpec spec;
   spec.score = true;
   spec.num_queries = sp.num_queries;
@@ -63,7 +91,6 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
   spec.ratio = sel.ratio;
   spec.select_num_kept = sel.num_kept;
   const bool ok = check_batch(l, spec, check_storage);
-  const int64_t b = blockIdx.x;
   if (b == 0 && tid == 0) *flag = ok ? 1 : 0;
   if (!ok) return;
 
@@ -80,26 +107,17 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
     tokens_before += l.span_length[t];
     kept_before += keep_of(t);
   }
+  __syncthreads();  // sum_storage was last used by phase 1
   tokens_before = BlockSum(sum_storage).sum(tokens_before);
   __syncthreads();
   kept_before = BlockSum(sum_storage).sum(kept_before);
   int64_t image = 0;
   for (int64_t s = s0; s < s1; ++s) image += l.span_length[s];
 
-  // Score (as score_partials_kernel + score_probs_kernel for query row b).
+  // Score (as score_probs_kernel for query row b, from the stored logits).
   if (image > 0) {
-    Stats* parts = reinterpret_cast<Stats*>(smem + fused_work_floats(g.heads, g.group, g.head_dim));
     const int64_t pos = sp.query_pos ? sp.query_pos[b] : seqlen - 1;
-    const int64_t n = pos + 1, plen = score_part_len(n);
-    const int nparts = score_num_parts(n);
-    for (int kvh = 0; kvh < g.kv_heads; ++kvh) {
-      for (int part = 0; part < nparts; ++part) {
-        const int64_t j0 = part * plen, j1 = j0 + plen < n ? j0 + plen : n;
-        score_part<T, V>(sp, g, b, row0, j0, j1, kvh, smem,
-                         parts + static_cast<int64_t>(kvh) * g.group * kScoreMaxParts + part, kScoreMaxParts, nullptr,
-                         0, [](int64_t) -> int64_t { return -1; });
-      }
-    }
+    const Stats* row = partials + b * g.heads * kScoreMaxParts;
     int64_t token = tokens_before;
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t len = l.span_length[s];
@@ -108,7 +126,8 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
         float acc = 0.0f;
         score_tile<T, V>(
             sp, g, b, pos, row0, l.span_start[s] + t0, count,
-            [parts](int h) { return parts + static_cast<int64_t>(h) * kScoreMaxParts; }, 1, smem, nullptr, 0, acc);
+            [row](int h) { return row + static_cast<int64_t>(h) * kScoreMaxParts; }, 1, smem, logits + token + t0,
+            l.num_image_tokens, acc);
         if (tid < count) sp.scores[token + t0 + tid] = finish_score(sp, acc, 1);
       }
       token += len;
@@ -135,6 +154,16 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
     cp.new_cu_seqlens[b + 1] = new_row0 + seqlen - image + (kept - kept_before);
   }
   build_sequence_map(cp, b, new_row0, sel.kept_index, kept_before, keep_of, row_map);
+}
+
+/// Workspace of the fused path: the score's partials and image logits, one ticket per sequence,
+/// then compact()'s.
+inline void carve_fused_workspace(::fulgur::detail::WorkspaceCarver& c, const ScoreParams& sp,
+                                  const CompactParams& cp, Stats** partials, float** logits,
+                                  unsigned** tickets, int** flag, int64_t** row_map) {
+  carve_score_workspace(c, sp, partials, logits);
+  *tickets = c.take<unsigned>(static_cast<size_t>(sp.layout.batch));
+  carve_compact_workspace(c, cp, flag, row_map);
 }
 
 inline bool same_layout(const BatchLayout& a, const BatchLayout& b) {
@@ -164,24 +193,31 @@ inline Status can_implement(const ScoreParams& sp, const SelectParams& sel, cons
         "token_drop fused: one query row per sequence only (cu_queries must be null); "
         "use score, select and compact");
   }
-  FULGUR_CHECK_ARG(sp.layout.batch <= INT32_MAX, "token_drop fused: more than 2^31 - 1 sequences");
+  FULGUR_CHECK_ARG(sp.layout.batch <= INT32_MAX / detail::kScoreMaxParts,
+                   "token_drop fused: more than 2^26 - 1 sequences (grid x is sequences x parts)");
+  FULGUR_CHECK_ARG(sp.num_kv_heads <= 65535, "token_drop fused: num_kv_heads above 65535");
   if (detail::fused_smem_bytes(sp) > detail::kMaxSmemBytes) {
     return Status::not_supported("token_drop fused: the heads' shared memory exceeds 227 KB");
   }
   return Status::ok();
 }
 
-/// score -> select -> compact in one launch for score, selection and map (one block per
-/// sequence) plus the gather launch(es). Outputs, errors and the workspace are those of compact()
-/// (the score's partials stay in shared memory). Bad metadata: nothing is written.
+/// score -> select -> compact in one launch for score, selection and map (see the top of this
+/// file) plus the gather launch(es), after a cudaMemsetAsync of the per-sequence tickets.
+/// Outputs and errors are those of the separate calls; the workspace holds the score's partials
+/// and logits (as score()), B 4-byte tickets and compact()'s workspace, each rounded up to 256
+/// bytes. Bad metadata: nothing is written.
 inline cudaError_t score_select_compact(void* workspace, size_t& workspace_bytes, const ScoreParams& sp,
                                         const SelectParams& sel, const CompactParams& cp, cudaStream_t stream) {
   const Status st = can_implement(sp, sel, cp);
   if (!st) return st.code();
   ::fulgur::detail::WorkspaceCarver sizing(nullptr);
+  detail::Stats* partials = nullptr;
+  float* logits = nullptr;
+  unsigned* tickets = nullptr;
   int* flag = nullptr;
   int64_t* row_map = nullptr;
-  detail::carve_compact_workspace(sizing, cp, &flag, &row_map);
+  detail::carve_fused_workspace(sizing, sp, cp, &partials, &logits, &tickets, &flag, &row_map);
   if (workspace == nullptr) {
     workspace_bytes = sizing.bytes();
     return cudaSuccess;
@@ -190,18 +226,23 @@ inline cudaError_t score_select_compact(void* workspace, size_t& workspace_bytes
     return cudaErrorInvalidValue;
   if (sp.layout.batch == 0) return select(sel, stream);  // only cu_kept[0] = 0 to write, if asked
   ::fulgur::detail::WorkspaceCarver carver(workspace);
-  detail::carve_compact_workspace(carver, cp, &flag, &row_map);
-  const cudaError_t e = FULGUR_DISPATCH_DTYPE(sp.dtype, T, {
+  detail::carve_fused_workspace(carver, sp, cp, &partials, &logits, &tickets, &flag, &row_map);
+  cudaError_t e = ::fulgur::detail::memset_async(tickets, 0, static_cast<size_t>(sp.layout.batch) * sizeof(unsigned),
+                                                 stream);
+  if (e != cudaSuccess) return e;
+  e = FULGUR_DISPATCH_DTYPE(sp.dtype, T, {
     constexpr int kV = static_cast<int>(16 / sizeof(T));
     const bool vec = detail::score_vec<T>(sp) > 1;
     const detail::ScoreGeometry g = detail::make_geometry(sp, vec ? kV : 1);
-    const dim3 grid(static_cast<unsigned>(sp.layout.batch));
+    const dim3 grid(static_cast<unsigned>(sp.layout.batch * g.grid_parts), static_cast<unsigned>(sp.num_kv_heads));
     if (vec) {
       return ::fulgur::detail::launch(detail::fused_kernel<T, kV>, grid, dim3(detail::kThreads),
-                                      detail::fused_smem_bytes(sp), stream, sp, sel, cp, g, row_map, flag);
+                                      detail::fused_smem_bytes(sp), stream, sp, sel, cp, g, partials, logits, tickets,
+                                      row_map, flag);
     }
     return ::fulgur::detail::launch(detail::fused_kernel<T, 1>, grid, dim3(detail::kThreads),
-                                    detail::fused_smem_bytes(sp), stream, sp, sel, cp, g, row_map, flag);
+                                    detail::fused_smem_bytes(sp), stream, sp, sel, cp, g, partials, logits, tickets,
+                                    row_map, flag);
   });
   if (e != cudaSuccess) return e;
   return detail::launch_gathers(cp, row_map, flag, stream);

@@ -304,19 +304,17 @@ FULGUR_DEVICE FULGUR_FORCEINLINE float finish_score(const ScoreParams& p, float 
 // ---------------------------------------------------------------------------------------------
 // Kernels.
 
-/// Launch 1: grid (num_queries * grid_parts, H_kv), grid_parts = score_grid_parts(total_rows). Writes partials[(q * H +
-/// h) * kScoreMaxParts + part] and, when `logits` is given (one query row per sequence), the image keys' logits,
-/// logits[h * num_image_tokens + image token]. Reads only the metadata of its own query row, each value checked before
-/// use; a row the second launch would reject is simply skipped (that launch writes nothing then).
+/// The work of one launch-1 block: part `part` of query row `qi` for the query heads of kv head
+/// `kvh`. Writes partials[(qi * H + h) * kScoreMaxParts + part] and, when `logits` is given (one
+/// query row per sequence), the image keys' logits, logits[h * num_image_tokens + image token].
+/// Reads only the metadata of its own query row, each value checked before use; a row the
+/// probability step would reject is simply skipped (that step writes nothing then). Every exit
+/// is uniform over the block; the fused kernel (fused.cuh) runs it as its first phase.
 template <typename T, int V>
-FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    score_partials_kernel(ScoreParams p, ScoreGeometry g, Stats* partials, float* logits) {
-  FULGUR_DYNAMIC_SMEM(float, smem);
-  __shared__ typename BlockSum::TempStorage offset_storage;
+FULGUR_DEVICE void score_partials_block(const ScoreParams& p, const ScoreGeometry& g, Stats* partials, float* logits,
+                                        int64_t qi, int part, int kvh, float* smem,
+                                        typename BlockSum::TempStorage& offset_storage) {
   const BatchLayout& l = p.layout;
-  const int64_t qi = static_cast<int64_t>(blockIdx.x) / g.grid_parts;
-  const int part = static_cast<int>(blockIdx.x % g.grid_parts);
-  const int kvh = static_cast<int>(blockIdx.y);
   int64_t b = qi;
   if (p.cu_queries != nullptr) b = segment_of(p.cu_queries, l.batch, qi);
   if (b < 0 || b >= l.batch) return;
@@ -346,6 +344,18 @@ FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
     return -1;
   };
   score_part<T, V>(p, g, qi, r0, j0, j1, kvh, smem, out, kScoreMaxParts, logits, l.num_image_tokens, image_index);
+}
+
+/// Launch 1: grid (num_queries * grid_parts, H_kv), grid_parts = score_grid_parts(total_rows);
+/// block (qi * grid_parts + part, kvh) runs score_partials_block.
+template <typename T, int V>
+FULGUR_KERNEL void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    score_partials_kernel(ScoreParams p, ScoreGeometry g, Stats* partials, float* logits) {
+  FULGUR_DYNAMIC_SMEM(float, smem);
+  __shared__ typename BlockSum::TempStorage offset_storage;
+  const int64_t qi = static_cast<int64_t>(blockIdx.x) / g.grid_parts;
+  const int part = static_cast<int>(blockIdx.x % g.grid_parts);
+  score_partials_block<T, V>(p, g, partials, logits, qi, part, static_cast<int>(blockIdx.y), smem, offset_storage);
 }
 
 /// Launch 2: grid (num_spans, splits). Block (s, y) scores the tokens of span s in its y-th share
