@@ -11,7 +11,7 @@
 //   MiniMax / ALiBi slopes: lightning/slopes.hpp
 //   fp64 CPU references of the same operations: fulgur/reference/lightning.hpp
 //
-// API, launch rules, precision and design: docs/lightning.md.
+// API, launch rules and precision: docs/lightning.md; design: docs/design/lightning.md.
 #pragma once
 
 #include "fulgur/lightning/decode.cuh"

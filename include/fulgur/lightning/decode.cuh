@@ -5,7 +5,7 @@
 //     S = lambda S + k^T v        o = scale * q S
 //
 // Bandwidth-bound: each (row, head) reads and writes its dk x dv fp32 state once (128 KiB at
-// d = 128) against 4 d^2 FLOPs, 0.5 FLOP per byte. Design (docs/lightning.md):
+// d = 128) against 4 d^2 FLOPs, 0.5 FLOP per byte. Design (docs/design/lightning.md):
 //  - One CTA per (batch row, head, column split). A split owns dv / splits state columns (the
 //    columns are independent: o_j needs only column j of S), so a small batch still fills the
 //    GPU; decode_splits() (traits.hpp) picks 1, 2 or 4 from batch x heads.

@@ -8,7 +8,7 @@
 //     O        = scale * ( P V + (Q * q_decay) S_prev ),   q_decay[t] = lambda^{t+1}
 //     S_next   = lambda^m S_prev + (K * k_decay)^T V,      k_decay[j] = lambda^{m-1-j}
 //
-// Design (docs/lightning.md has the derivations and the FLOP/byte counts):
+// Design (docs/design/lightning.md has the derivations and the FLOP/byte counts):
 //  - Work item = one segment of one sequence and one head: a sequence of at most
 //    kSegmentTokens (1024) tokens is one segment; a longer one is cut into segments of that
 //    length, which run in parallel: a first kernel computes each non-last segment's own state
@@ -25,7 +25,7 @@
 //    operands (one term); f16/f32 inputs, and bf16 inputs with the fused SiLU, are split into two
 //    terms as loaded (kTerms = 2), and products of two split operands keep the hi*hi, hi*lo and
 //    lo*hi terms. The compounding decay lambda^m is applied as fp32 hi + lo. Measured errors:
-//    docs/lightning.md.
+//    docs/design/lightning.md.
 //  - Per block: Q, K, V (converted to bf16 terms, SiLU applied) in shared memory, 16-byte global
 //    loads prefetched into registers one block ahead (16-bit inputs); P = Q K^T split across
 //    warps into shared memory; then every warp computes O and the state update for its 16
@@ -305,7 +305,7 @@ struct PrefillKernel {
 
   /// P = (Q K^T) * diag for this warp's 16 rows x kKeysPerWarp keys, stored as two bf16 terms
   /// (hi + lo): P is an fp32 result, and rounding it to one bf16 term cost up to 3.4e-3 relative
-  /// RMSE in o (measured, docs/lightning.md), against 1.5e-4 with the split.
+  /// RMSE in o (measured, docs/design/lightning.md), against 1.5e-4 with the split.
   FULGUR_DEVICE FULGUR_FORCEINLINE static void scores(const Smem& s, int w, int lane) {
     constexpr int kNT = Tile::kScoreTiles;
     const int g = lane / 4, t = lane % 4;
@@ -585,7 +585,7 @@ struct PrefillKernel {
     // per CTA and rounded to fp32 (hi) with the rounding error kept (lo). Only the block decay
     // lambda^m compounds (a state entry is multiplied by it once per block it survives), so only
     // it is applied as hi + lo: a one-sided fp32 error in it would grow into a relative drift of
-    // 2^-24 / (1 - lambda^64), 2e-5 at the slowest MiniMax slope (docs/lightning.md).
+    // 2^-24 / (1 - lambda^64), 2e-5 at the slowest MiniMax slope (docs/design/lightning.md).
     for (int e = tid; e <= kBlock; e += kThreads) {
       const double x = exp(-static_cast<double>(p.slopes[h]) * e);
       const float hi = static_cast<float>(x);

@@ -5,7 +5,7 @@
 // an engine can ask "is this configuration supported, and how much workspace?" from plain C++.
 //
 // The kernels themselves: fulgur/lightning/prefill.cuh and fulgur/lightning/decode.cuh; the
-// design and the FLOP/byte counts: docs/lightning.md.
+// design and the FLOP/byte counts: docs/design/lightning.md.
 #pragma once
 
 #include <cstddef>
@@ -27,7 +27,7 @@
 
 /// Sequence-parallel prefill: a sequence longer than this many tokens is cut into segments of
 /// this length (counted from its first token in the call), processed in parallel and stitched
-/// together through their states (docs/lightning.md, "Segments"). A multiple of 64. The cut
+/// together through their states (docs/design/lightning.md, "Segments"). A multiple of 64. The cut
 /// depends only on the sequence itself, never on the rest of the batch, so results stay batch
 /// invariant. Overridable at build time (the tests use a small value to exercise it cheaply).
 #ifndef FULGUR_LIGHTNING_SEGMENT_TOKENS
@@ -48,7 +48,7 @@ FULGUR_HOST_DEVICE inline int64_t segment_count(int64_t n) {
 
 // ---- tiles -------------------------------------------------------------------------------------
 
-/// The tensor-core prefill's tile for head dim kD (= dk = dv). Why these numbers: docs/lightning.md.
+/// The tensor-core prefill's tile for head dim kD (= dk = dv). Why these numbers: docs/design/lightning.md.
 ///  - kBlock tokens per block (the spec's B): 64. The block form's intra-block work grows with
 ///    B (4Bd FLOPs per token-head) and the inter-block work does not (4d^2, here 8d^2 with the
 ///    state split in two bf16 terms), so 64 balances the two at d = 64..128 while keeping the
@@ -81,7 +81,7 @@ struct PrefillTile {
 };
 
 /// Decode: one CTA per (batch row, head, column split). kSplitColumns(d) columns of dv per split
-/// unit; 8 row groups of threads, each with a float4 of 4 columns (docs/lightning.md).
+/// unit; 8 row groups of threads, each with a float4 of 4 columns (docs/design/lightning.md).
 template <int kD>
 struct DecodeTile {
   static_assert(kD == 64 || kD == 128, "decode supports head dims 64 and 128");

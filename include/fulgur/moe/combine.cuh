@@ -15,7 +15,7 @@
 //
 // Bytes: T * H * (k * y size + out size (+ residual size)) + 8 T k; FLOPs: 2 T H (k + 1).
 // Error against the fp64 reference: each fma rounds once in fp32, so |got - ref| <= (k + 1) *
-// 2^-24 * sum_j |w y| (+ the residual term) before the final rounding to out_dtype (docs/moe.md).
+// 2^-24 * sum_j |w y| (+ the residual term) before the final rounding to out_dtype (docs/design/moe.md).
 #pragma once
 
 #include <cstdint>

@@ -3,7 +3,7 @@
 // family RoutePolicy composes (spec: /work/shared/specs/moe_routing.md; contract and defined
 // results: include/fulgur/moe/params.hpp and include/fulgur/reference/moe.hpp).
 //
-// Design (docs/moe.md): one logical warp of kWidth lanes per token, the token's E logits in
+// Design (docs/design/moe.md): one logical warp of kWidth lanes per token, the token's E logits in
 // registers, strided (item i of lane l is expert l + kWidth * i), so every expert count up to the
 // compiled capacity takes the same fast path (E = 60, 160, 257, 384, 512 included). The capacity
 // (kWidth * kItems) is the smallest of FULGUR_MOE_ROUTE_CAPACITIES >= E, chosen from E alone, so a
@@ -293,7 +293,7 @@ inline Status can_implement(const RouteParams& p) {
 
 /// Routes p.num_tokens tokens: topk_ids, topk_weights and (when set) expert_counts, as
 /// reference::moe_route defines them (selection bit-exact on tie-free inputs; weights to fp32
-/// rounding, see docs/moe.md). Enqueued on `stream`; no allocation, no synchronization. Bad input
+/// rounding, see docs/design/moe.md). Enqueued on `stream`; no allocation, no synchronization. Bad input
 /// returns can_implement's code and writes nothing.
 inline cudaError_t route(const RouteParams& p, cudaStream_t stream = nullptr) {
   const Status s = can_implement(p);

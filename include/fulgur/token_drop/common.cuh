@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Shared pieces of the token-drop kernels (score.cuh, select.cuh, compact.cuh, fused.cuh): the
 // tile choices, the device copy of the keep-count rule, the selection rank, the block-wide check
-// of the batch metadata, and the small block helpers they all use. docs/token_drop.md explains
+// of the batch metadata, and the small block helpers they all use. docs/design/token_drop.md explains
 // the design; params.hpp documents every Params field.
 //
 // Why a device-side metadata check: launchers must not read device memory, so a span outside
@@ -37,7 +37,7 @@ namespace token_drop {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------------
-// Tile choices (one place; the reasons are in docs/token_drop.md, "Tiling").
+// Tile choices (one place; the reasons are in docs/design/token_drop.md, "Tiling constants").
 
 /// Threads of every token-drop block. The score's partial and tile functions must run with the
 /// same block size in the separate kernels and in the fused kernel (their reduction trees depend
