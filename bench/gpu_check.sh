@@ -29,6 +29,12 @@
 #      pytest against plain-PyTorch references within FULGUR_TORCH_BUDGET seconds (default 90,
 #      reserved out of the peers' share when enough is left), skipped when under 30 s remain;
 #   8. the comparison (bench/compare.py): the full table into summary.md, the short one printed last.
+# FULGUR_GPU_CHECK_SKIP=a,b,... leaves out steps: tests, bench, sanitizers, peers, torch (and
+# FULGUR_GPU_CHECK_PREBUILT=DIR skips the build, using DIR's binaries). A lease too short for
+# everything in one call runs two on the same warm machine (docs/gpu_checks.md, "Two calls"):
+#   bash bench/gpu_check.sh OUT1                                   (build, tests, benchmarks, ...)
+#   FULGUR_GPU_CHECK_PREBUILT=build-gpu FULGUR_GPU_CHECK_SKIP=tests,sanitizers \
+#     bash bench/gpu_check.sh OUT2                                 (benchmarks again, peers, torch)
 # OUT_DIR gets at most 7 files (the GPU tool returns 8): summary.md (device, steps, full table),
 # build.log (the torch extension's build appended), tests.log (the torch extension's tests
 # appended), run.log (benchmark and peer console output), bench.json, peers.json, sanitizer.log.
@@ -45,6 +51,7 @@ budget=${FULGUR_GPU_CHECK_BUDGET:-360}
 elapsed() { echo $(($(date +%s) - t0)); }
 left() { echo $((budget - $(date +%s) + t0)); }
 say() { echo "[$(elapsed) s] $*"; }
+skipped() { case ",${FULGUR_GPU_CHECK_SKIP:-}," in *",$1,"*) return 0 ;; esac; return 1; }
 
 dry=0
 prebuilt=""
@@ -171,7 +178,7 @@ torch_on=0
 torch_pid=""
 torch_built=0
 torch_dir=$scratch/torch
-if [ "${FULGUR_GPU_CHECK_TORCH:-1}" != 0 ] && python3 -c "import torch" >/dev/null 2>&1; then
+if [ "${FULGUR_GPU_CHECK_TORCH:-1}" != 0 ] && ! skipped torch && python3 -c "import torch" >/dev/null 2>&1; then
   torch_on=1
   mkdir -p "$torch_dir"
   torch_arch=$arch
@@ -213,10 +220,15 @@ fi
 
 # 3. tests
 s=$(date +%s)
-say "GPU tests"
-(cd "$bdir" && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
-rc=$?
-row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo "FAIL rc=$rc") ($(grep -E 'tests passed' "$out/tests.log" | tail -1))" $(($(date +%s) - s))
+: >"$out/tests.log"
+if skipped tests; then
+  row "GPU tests (ctest -L gpu)" "skipped (FULGUR_GPU_CHECK_SKIP)" 0
+else
+  say "GPU tests"
+  (cd "$bdir" && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
+  rc=$?
+  row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo "FAIL rc=$rc") ($(grep -E 'tests passed' "$out/tests.log" | tail -1))" $(($(date +%s) - s))
+fi
 
 # 7b. the torch extension's build must not overlap the benchmarks: wait for it (bounded), else stop it.
 if [ -n "$torch_pid" ]; then
@@ -242,6 +254,7 @@ fi
 : >"$out/run.log"
 bench_json=()
 for fam in lightning moe token_drop; do
+  skipped bench && { row "bench_$fam" "skipped (FULGUR_GPU_CHECK_SKIP)" 0; continue; }
   b=$bdir/bench/bench_$fam
   [ -x "$b" ] || { row "bench_$fam" "not built" 0; continue; }
   s=$(date +%s)
@@ -269,7 +282,9 @@ EOF
 # 5. sanitizers: memcheck over the subset, then racecheck, each run given an equal share of what is
 # left of the budget (at most FULGUR_SANITIZER_TIMEOUT); a run cut by its limit is reported as such.
 : >"$out/sanitizer.log"
-if command -v compute-sanitizer >/dev/null; then
+if skipped sanitizers; then
+  row "compute-sanitizer" "skipped (FULGUR_GPU_CHECK_SKIP)" 0
+elif command -v compute-sanitizer >/dev/null; then
   sb=${FULGUR_SANITIZER_BUDGET:-90}
   [ "$sb" -gt $(($(left) * 2 / 5)) ] && sb=$(($(left) * 2 / 5))  # leave the peers their share
   san_end=$(($(date +%s) + sb))
@@ -314,7 +329,9 @@ if [ "$torch_built" = 1 ] && [ $(($(left) - 45 - ${FULGUR_TORCH_BUDGET:-90})) -g
   torch_reserve=${FULGUR_TORCH_BUDGET:-90}  # the torch tests' share, taken only when the peers keep 60 s
 fi
 pb=$(($(left) - 45 - torch_reserve))
-if [ "$pb" -ge 20 ]; then
+if skipped peers; then
+  row "peers" "skipped (FULGUR_GPU_CHECK_SKIP)" 0
+elif [ "$pb" -ge 20 ]; then
   say "peers (budget $pb s)"
   timeout $((pb + 40)) python3 bench/peers/run_peers.py --bench-dir "$bdir/bench" --out "$out/peers.json" \
     --budget "$pb" 2>&1 | tee -a "$out/run.log" | cut -c1-200
@@ -348,7 +365,7 @@ if [ "$torch_on" = 1 ]; then
     row "torch extension tests (examples/torch)" "$res ($line${mismatch:+; $mismatch})" $(($(date +%s) - s))
   fi
 else
-  row "torch extension" "skipped ($( [ "${FULGUR_GPU_CHECK_TORCH:-1}" = 0 ] && echo 'FULGUR_GPU_CHECK_TORCH=0' || echo 'torch not importable'))" 0
+  row "torch extension" "skipped ($( { [ "${FULGUR_GPU_CHECK_TORCH:-1}" = 0 ] || skipped torch; } && echo 'FULGUR_GPU_CHECK_TORCH=0 or SKIP' || echo 'torch not importable'))" 0
 fi
 
 # 8. comparison
