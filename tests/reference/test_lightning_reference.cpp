@@ -287,6 +287,35 @@ bool bytes_equal(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
+/// fp64 decode parameters over dense [rows, H, d] q, k, v and o (rows = batch_size * num_steps).
+lt::DecodeParams decode_params(const Problem& pb, int dk, int dv, int32_t batch, const std::vector<double>& q,
+                               const std::vector<double>& k, const std::vector<double>& v, std::vector<double>& o,
+                               double scale, std::vector<float>& pool, int64_t num_slots, const int32_t* slots) {
+  lt::DecodeParams d;
+  d.batch_size = batch;
+  d.num_heads = pb.H;
+  d.dk = dk;
+  d.dv = dv;
+  d.qkv_dtype = DType::kF64;
+  d.q = q.data();
+  d.k = k.data();
+  d.v = v.data();
+  d.q_stride_token = d.k_stride_token = int64_t{pb.H} * dk;
+  d.q_stride_head = d.k_stride_head = dk;
+  d.v_stride_token = int64_t{pb.H} * dv;
+  d.v_stride_head = dv;
+  d.o_dtype = DType::kF64;
+  d.o = o.data();
+  d.o_stride_token = int64_t{pb.H} * dv;
+  d.o_stride_head = dv;
+  d.slopes = pb.slopes.data();
+  d.scale = static_cast<float>(scale);
+  d.state = pool.data();
+  d.num_slots = num_slots;
+  d.slot_ids = slots;
+  return d;
+}
+
 bool is_poisoned(double x) {
   uint64_t bits;
   std::memcpy(&bits, &x, sizeof bits);
@@ -495,29 +524,8 @@ TEST_CASE("lightning: prefill then decode steps equals one longer prefill", "[re
           std::copy(pb.ka(row, 0), pb.ka(row, 0) + pb.H * dk, &k[r * pb.H * dk]);
           std::copy(pb.va(row, 0), pb.va(row, 0) + pb.H * dv, &v[r * pb.H * dv]);
         }
-      lt::DecodeParams d;
-      d.batch_size = B;
+      lt::DecodeParams d = decode_params(pb, dk, dv, B, q, k, v, o, scale, mpool, 6, slots.data());
       d.num_steps = steps;
-      d.num_heads = pb.H;
-      d.dk = dk;
-      d.dv = dv;
-      d.qkv_dtype = DType::kF64;
-      d.q = q.data();
-      d.k = k.data();
-      d.v = v.data();
-      d.q_stride_token = d.k_stride_token = int64_t{pb.H} * dk;
-      d.q_stride_head = d.k_stride_head = dk;
-      d.v_stride_token = int64_t{pb.H} * dv;
-      d.v_stride_head = dv;
-      d.o_dtype = DType::kF64;
-      d.o = o.data();
-      d.o_stride_token = int64_t{pb.H} * dv;
-      d.o_stride_head = dv;
-      d.slopes = pb.slopes.data();
-      d.scale = static_cast<float>(scale);
-      d.state = mpool.data();
-      d.num_slots = 6;
-      d.slot_ids = slots.data();
       d.step_states = st.data();
       REQUIRE(ref::lightning_decode(d).is_ok());
       for (int b = 0; b < B; ++b)
@@ -562,28 +570,7 @@ TEST_CASE("lightning: prefill then decode steps equals one longer prefill", "[re
         std::copy(pb.ka(row, 0), pb.ka(row, 0) + pb.H * dk, &k[r * pb.H * dk]);
         std::copy(pb.va(row, 0), pb.va(row, 0) + pb.H * dv, &v[r * pb.H * dv]);
       }
-      lt::DecodeParams d;
-      d.batch_size = B;
-      d.num_heads = pb.H;
-      d.dk = dk;
-      d.dv = dv;
-      d.qkv_dtype = DType::kF64;
-      d.q = q.data();
-      d.k = k.data();
-      d.v = v.data();
-      d.q_stride_token = d.k_stride_token = int64_t{pb.H} * dk;
-      d.q_stride_head = d.k_stride_head = dk;
-      d.v_stride_token = int64_t{pb.H} * dv;
-      d.v_stride_head = dv;
-      d.o_dtype = DType::kF64;
-      d.o = o.data();
-      d.o_stride_token = int64_t{pb.H} * dv;
-      d.o_stride_head = dv;
-      d.slopes = pb.slopes.data();
-      d.scale = static_cast<float>(scale);
-      d.state = pool.data();
-      d.num_slots = 6;
-      d.slot_ids = dslots.data();
+      const lt::DecodeParams d = decode_params(pb, dk, dv, B, q, k, v, o, scale, pool, 6, dslots.data());
       REQUIRE(ref::lightning_decode(d).is_ok());
 
       for (int r = 0; r < B; ++r) {
