@@ -406,6 +406,13 @@ TEST_CASE("permute: workspace query and bad input", "[moe][permute]") {
     size_t less = bytes - 1;
     CHECK(fm::permute(ws.data(), less, base(), nullptr, fm::PermutePath::kMultiBlock) == cudaErrorInvalidValue);
   }
+  // A workspace that is not 16-byte aligned, on either path.
+  for (const fm::PermutePath path : {fm::PermutePath::kSingleBlock, fm::PermutePath::kMultiBlock}) {
+    size_t bytes = 0;
+    REQUIRE(fm::permute(nullptr, bytes, base(), nullptr, path) == cudaSuccess);
+    DeviceBuffer<unsigned char> ws(bytes + 16);
+    CHECK(fm::permute(ws.data() + 4, bytes, base(), nullptr, path) == cudaErrorInvalidValue);
+  }
   for (int64_t v : download(d_off)) CHECK(v == -1);
   for (int32_t v : download(d_sorted)) CHECK(v == -1);
   for (int32_t v : download(d_tiles)) CHECK(v == -1);

@@ -197,6 +197,8 @@ TEST_CASE("route_permute: bad input", "[moe][route_permute]") {
   DeviceBuffer<unsigned char> ws(bytes);
   size_t less = bytes - 1;
   CHECK(fm::route_permute(ws.data(), less, r, p, nullptr) == cudaErrorInvalidValue);
+  DeviceBuffer<unsigned char> big(bytes + 16);
+  CHECK(fm::route_permute(big.data() + 4, bytes, r, p, nullptr) == cudaErrorInvalidValue);  // not 16-byte aligned
   for (int32_t v : download(d_ids)) CHECK(v == -1);
   for (int64_t v : download(d_off)) CHECK(v == -1);
   for (float v : download(d_w)) CHECK(std::isnan(v));

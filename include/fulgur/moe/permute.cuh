@@ -461,9 +461,9 @@ inline Status can_implement(const PermuteParams& p) {
 
 /// Permutation by expert and every view PermuteParams asks for, as reference::moe_permute
 /// defines them (bit-exact). CUB style: a null workspace stores the bytes needed for `path` in
-/// workspace_bytes (only the sizes in p are read) and returns; otherwise the work is enqueued on
-/// `stream` (no allocation, no synchronization; graph-capturable). Bad input returns
-/// cudaErrorInvalidValue and writes nothing.
+/// workspace_bytes (only the sizes in p are read) and returns; otherwise the workspace must be
+/// 16-byte aligned and the work is enqueued on `stream` (no allocation, no synchronization;
+/// graph-capturable). Bad input returns cudaErrorInvalidValue and writes nothing.
 inline cudaError_t permute(void* workspace, size_t& workspace_bytes, const PermuteParams& p,
                            cudaStream_t stream = nullptr, PermutePath path = PermutePath::kAuto) {
   {
@@ -489,7 +489,7 @@ inline cudaError_t permute(void* workspace, size_t& workspace_bytes, const Permu
     const Status s = can_implement(p);
     if (!s) return s.code();
   }
-  if (workspace_bytes < w.bytes) return cudaErrorInvalidValue;
+  if (workspace_bytes < w.bytes || reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
 
   if (path == PermutePath::kSingleBlock) {
     return ::fulgur::detail::launch(detail::permute_single_kernel<>, dim3(1), dim3(detail::kPermuteThreads), 0, stream,

@@ -91,6 +91,7 @@ inline cudaError_t route_permute(void* workspace, size_t& workspace_bytes, const
   }
   const Status s = can_implement(r, p);
   if (!s) return s.code();
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
   if (!fused) {
     size_t need = 0;
     cudaError_t e = permute(nullptr, need, p, stream);
