@@ -44,7 +44,7 @@ TEST_CASE("moe: two translation units that launch the kernels link and agree", "
   r.num_tokens = T;
   r.topk_ids = ids.data();
   r.topk_weights = w.data();
-  REQUIRE(ref::moe_route(r).ok());
+  REQUIRE(ref::moe_route(r).is_ok());
   CHECK(a.ids == ids);
   // Every permuted row holds its token's hidden row, bit for bit.
   for (int64_t q = 0; q < N; ++q) {
@@ -69,7 +69,7 @@ TEST_CASE("moe: two translation units that launch the kernels link and agree", "
   c.out = expect.data();
   c.out_dtype = DType::kF64;
   c.out_row_stride = H;
-  REQUIRE(ref::moe_combine(c).ok());
+  REQUIRE(ref::moe_combine(c).is_ok());
   int64_t bad = 0;
   for (int64_t i = 0; i < T * H; ++i) {
     const double want = expect.get(static_cast<size_t>(i));
