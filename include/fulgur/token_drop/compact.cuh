@@ -280,7 +280,7 @@ inline Status can_implement(const CompactParams& p) {
 /// gathered). Bad arguments: cudaErrorInvalidValue, nothing launched. Metadata validate() would
 /// reject (spans outside their sequence, kept indices outside their span or not ascending, a
 /// cu_kept that does not match num_kept): nothing is written.
-inline cudaError_t compact(void* workspace, size_t& workspace_bytes, const CompactParams& p, cudaStream_t stream) {
+inline cudaError_t compact(void* workspace, size_t& workspace_bytes, const CompactParams& p, cudaStream_t stream = nullptr) {
   const Status st = can_implement(p);
   if (!st) return st.code();
   ::fulgur::detail::WorkspaceCarver sizing(nullptr);

@@ -208,7 +208,7 @@ inline Status can_implement(const ScoreParams& sp, const SelectParams& sel, cons
 /// and logits (as score()), B 4-byte tickets and compact()'s workspace, each rounded up to 256
 /// bytes. Bad metadata: nothing is written.
 inline cudaError_t score_select_compact(void* workspace, size_t& workspace_bytes, const ScoreParams& sp,
-                                        const SelectParams& sel, const CompactParams& cp, cudaStream_t stream) {
+                                        const SelectParams& sel, const CompactParams& cp, cudaStream_t stream = nullptr) {
   const Status st = can_implement(sp, sel, cp);
   if (!st) return st.code();
   ::fulgur::detail::WorkspaceCarver sizing(nullptr);

@@ -490,7 +490,7 @@ inline Status can_implement(const ScoreParams& p) {
 /// (nothing launched), cudaErrorNotSupported for a configuration not compiled in. Metadata that validate() would reject
 /// (a span outside its sequence, a query before the end of its image) cannot be seen by the host: the kernels then
 /// write nothing (scores keep their previous contents).
-inline cudaError_t score(void* workspace, size_t& workspace_bytes, const ScoreParams& p, cudaStream_t stream) {
+inline cudaError_t score(void* workspace, size_t& workspace_bytes, const ScoreParams& p, cudaStream_t stream = nullptr) {
   const Status st = can_implement(p);
   if (!st) return st.code();
   ::fulgur::detail::WorkspaceCarver sizing(nullptr);

@@ -157,7 +157,7 @@ inline Status can_implement(const SelectParams& p) {
 /// cudaErrorInvalidValue, nothing launched. Metadata validate() would reject (keep counts that do
 /// not fit, spans outside their sequence, num_kept not the sum of the keep counts): the kernel
 /// writes nothing.
-inline cudaError_t select(const SelectParams& p, cudaStream_t stream) {
+inline cudaError_t select(const SelectParams& p, cudaStream_t stream = nullptr) {
   const Status st = can_implement(p);
   if (!st) return st.code();
   if (p.cu_kept == nullptr && p.layout.num_spans == 0) return cudaSuccess;  // nothing to write
