@@ -198,6 +198,13 @@ TEST_CASE("gather: MiniMax shape (H = 6144, k = 2, bf16) and edge rows", "[moe][
   check_gather(c, maps.compact, rng, "minimax");
   c.scale = true, c.wdt = DType::kF32;  // Llama-4 style input scaling
   check_gather(c, maps.tiled, rng, "minimax scaled");
+  // Rows cut into several column chunks (1,024 bf16 columns on the vector path, 128 on the element
+  // path) with a partial last one.
+  c.H = 2088;
+  check_gather(c, maps.tiled, rng, "chunks, partial last, scaled");
+  c.scale = false, c.H = 300, c.misalign = true;
+  check_gather(c, maps.compact, rng, "element path, chunks");
+  c.misalign = false;
   // A row map of sentinels only: zero rows.
   c.scale = false, c.H = 64;
   const std::vector<int32_t> sentinels = {static_cast<int32_t>(T * 2), 0, static_cast<int32_t>(T * 2)};
@@ -456,6 +463,12 @@ TEST_CASE("combine: MiniMax shape and k = 32", "[moe][combine]") {
   CombineCase c;
   c.T = sized(40, 8), c.k = 2, c.H = 6144, c.residual = true;
   check_combine(c, rng, "minimax");
+  // Rows cut into several column chunks with a partial last one (vector path, then element path).
+  c.H = 2088, c.k = 3, c.drop_every = 4;
+  check_combine(c, rng, "chunks, partial last");
+  c.H = 300, c.misalign = true;
+  check_combine(c, rng, "element path, chunks");
+  c.misalign = false, c.drop_every = 0, c.residual = false;
   c.T = sized(9, 3), c.k = 32, c.H = 256, c.out = DType::kF32, c.y = DType::kF32;
   check_combine(c, rng, "k = 32");
   c.k = 8, c.T = 1, c.H = 8;

@@ -3,9 +3,11 @@
 //   + residual_scale * residual_token_scale[t] * residual[t]   (CombineParams,
 // include/fulgur/moe/params.hpp; oracle: reference::moe_combine).
 //
-// One warp per token, 4 tokens per 128-thread block. The token's k (row, weight) pairs are staged
-// in shared memory once; each lane then owns V = 16 / min(y, out element size) consecutive
-// columns per step, loads them from each of the k rows with 16-byte loads, and accumulates in
+// One warp per (token, chunk of kGatherUnroll x 32 x V columns): grid (T / 4, chunks), 4 warps
+// per 128-thread block, so a decode batch still spreads over many warps. The token's k (row,
+// weight) pairs are staged in shared memory; each lane owns kGatherUnroll steps of V =
+// 16 / min(y, out element size) consecutive columns, loads them from each of the k rows with
+// 16-byte loads (a row's loads issued together), and accumulates in
 // fp32 with one fused multiply-add per term, j ascending (the spec's fixed order: the result
 // does not depend on scheduling or on the other tokens of the batch). The residual term is one
 // more fma with the fp32 product residual_scale * residual_token_scale[t]; the sum is rounded
@@ -60,27 +62,48 @@ FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) combine_kernel(const Comb
   const unsigned char* res =
       has_residual ? static_cast<const unsigned char*>(p.residual) + t * p.residual_row_stride * rbytes : nullptr;
 
-  for (int64_t h = lane * V; h < H; h += kStep) {
-    float acc[V];
+  // This warp's chunk of the row, kGatherUnroll steps of kStep columns: every step's loads of one
+  // expert row are issued before its fmas (latency), and each element still accumulates j = 0, 1,
+  // ..., k-1 and then the residual, the fixed order.
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * dispatch_chunk<V>();
+  const int64_t c1 = c0 + dispatch_chunk<V>() < H ? c0 + dispatch_chunk<V>() : H;
+  const int64_t h0 = c0 + lane * V;
+  float acc[kGatherUnroll][V];
+  FULGUR_UNROLL
+  for (int u = 0; u < kGatherUnroll; ++u)
     FULGUR_UNROLL
-    for (int e = 0; e < V; ++e) acc[e] = 0.0f;
-    for (int j = 0; j < k; ++j) {
-      const int32_t row = s_row[warp][j];
-      if (row < 0) continue;  // dropped by a capacity: contributes nothing
-      const float w = s_w[warp][j];
-      float v[V];
-      load_vec<V>(y + static_cast<int64_t>(row) * p.expert_out_row_stride + h, v);
-      FULGUR_UNROLL
-      for (int e = 0; e < V; ++e) acc[e] = fmaf(w, v[e], acc[e]);
-    }
-    if (has_residual) {
-      float v[V];
-      load_vec_any<V>(res + h * rbytes, p.residual_dtype, v);  // read before out is written (out may alias)
-      FULGUR_UNROLL
-      for (int e = 0; e < V; ++e) acc[e] = fmaf(rs, v[e], acc[e]);
-    }
-    store_vec<V>(out + h, acc);
+    for (int e = 0; e < V; ++e) acc[u][e] = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const int32_t row = s_row[warp][j];
+    if (row < 0) continue;  // dropped by a capacity: contributes nothing
+    const float w = s_w[warp][j];
+    const TY* yr = y + static_cast<int64_t>(row) * p.expert_out_row_stride;
+    float v[kGatherUnroll][V];
+    FULGUR_UNROLL
+    for (int u = 0; u < kGatherUnroll; ++u)
+      if (h0 + kStep * u < c1) load_vec<V>(yr + h0 + kStep * u, v[u]);
+    FULGUR_UNROLL
+    for (int u = 0; u < kGatherUnroll; ++u)
+      if (h0 + kStep * u < c1) {
+        FULGUR_UNROLL
+        for (int e = 0; e < V; ++e) acc[u][e] = fmaf(w, v[u][e], acc[u][e]);
+      }
   }
+  if (has_residual) {  // read before out is written (out may alias the residual)
+    float v[kGatherUnroll][V];
+    FULGUR_UNROLL
+    for (int u = 0; u < kGatherUnroll; ++u)
+      if (h0 + kStep * u < c1) load_vec_any<V>(res + (h0 + kStep * u) * rbytes, p.residual_dtype, v[u]);
+    FULGUR_UNROLL
+    for (int u = 0; u < kGatherUnroll; ++u)
+      if (h0 + kStep * u < c1) {
+        FULGUR_UNROLL
+        for (int e = 0; e < V; ++e) acc[u][e] = fmaf(rs, v[u][e], acc[u][e]);
+      }
+  }
+  FULGUR_UNROLL
+  for (int u = 0; u < kGatherUnroll; ++u)
+    if (h0 + kStep * u < c1) store_vec<V>(out + h0 + kStep * u, acc[u]);
 }
 
 template <typename TY, typename TOut>
@@ -108,6 +131,8 @@ inline Status can_implement(const CombineParams& p) {
     return Status::not_supported("combine: residual_dtype must be f32, f16 or bf16");
   if ((p.num_tokens + detail::kDispatchWarps - 1) / detail::kDispatchWarps > 0x7fffffff)
     return Status::not_supported("combine: num_tokens exceeds the grid");
+  if ((p.hidden_size + detail::dispatch_chunk<1>() - 1) / detail::dispatch_chunk<1>() > 65535)
+    return Status::not_supported("combine: hidden_size exceeds the grid (65535 chunks of 128 columns)");
   return Status::ok();
 }
 
@@ -119,12 +144,16 @@ inline cudaError_t combine(const CombineParams& p, cudaStream_t stream = nullptr
   const Status s = can_implement(p);
   if (!s) return s.code();
   if (p.num_tokens == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((p.num_tokens + detail::kDispatchWarps - 1) / detail::kDispatchWarps));
+  const unsigned blocks = static_cast<unsigned>((p.num_tokens + detail::kDispatchWarps - 1) / detail::kDispatchWarps);
   return FULGUR_DISPATCH_DTYPE(p.expert_out_dtype, TY, {
     return FULGUR_DISPATCH_DTYPE(p.out_dtype, TOut, {
-      if (detail::combine_vectorizable<TY, TOut>(p))
+      constexpr int kV = detail::vec_elems<TY, TOut>();
+      if (detail::combine_vectorizable<TY, TOut>(p)) {
+        const dim3 grid(blocks, detail::dispatch_chunks<kV>(p.hidden_size));
         return ::fulgur::detail::launch(detail::combine_kernel<TY, TOut, true>, grid, dim3(detail::kDispatchThreads), 0,
                                         stream, p);
+      }
+      const dim3 grid(blocks, detail::dispatch_chunks<1>(p.hidden_size));
       return ::fulgur::detail::launch(detail::combine_kernel<TY, TOut, false>, grid, dim3(detail::kDispatchThreads), 0,
                                       stream, p);
     });

@@ -3,9 +3,11 @@
 // a zero row for the sentinel (GatherParams, include/fulgur/moe/params.hpp; oracle:
 // reference::moe_gather).
 //
-// One warp per output row, 4 rows per 128-thread block. Each lane moves V = 16 / min(in, out
-// element size) elements per step with 16-byte loads and stores (LDG.E.128 / STG.E.128), up to
-// kGatherUnroll vectors in flight per lane. The vector path needs H, both row strides a multiple
+// One warp per (output row, chunk of kGatherUnroll x 32 x V columns): grid (rows / 4, chunks),
+// 4 warps per 128-thread block. Each lane moves V = 16 / min(in, out element size) elements per
+// step with 16-byte loads and stores (LDG.E.128 / STG.E.128), its kGatherUnroll loads issued
+// before any store. Chunking the row keeps a decode batch (T = 1..64 rows of 4-7K columns) from
+// being one warp walking each row, a chain of dependent memory round trips. The vector path needs H, both row strides a multiple
 // of V and both base pointers 16-byte aligned (checked on the host); anything else runs the same
 // kernel one element per lane. Same dtype in and out without scaling copies the bits; otherwise
 // each element is widened to fp32, multiplied by the fp32 weight, and rounded once to out_dtype.
@@ -38,6 +40,19 @@ FULGUR_HOST_DEVICE constexpr int vec_elems() {
   return 16 / static_cast<int>(sizeof(TA) < sizeof(TB) ? sizeof(TA) : sizeof(TB));
 }
 
+/// Columns one warp handles (a chunk of a row): kGatherUnroll steps of 32 lanes x V elements.
+/// Rows are split into chunks across blockIdx.y, so a decode batch (a few rows of several
+/// thousand columns) still has many independent warps instead of one warp walking each row.
+template <int V>
+FULGUR_HOST_DEVICE constexpr int64_t dispatch_chunk() {
+  return int64_t{32} * V * kGatherUnroll;
+}
+/// Chunks of a row of H columns: the grid's y extent.
+template <int V>
+inline unsigned dispatch_chunks(int64_t H) {
+  return static_cast<unsigned>((H + dispatch_chunk<V>() - 1) / dispatch_chunk<V>());
+}
+
 template <typename TIn, typename TOut, bool kVector>
 FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) gather_kernel(const GatherParams p) {
   constexpr int V = kVector ? vec_elems<TIn, TOut>() : 1;
@@ -46,6 +61,8 @@ FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) gather_kernel(const Gathe
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kDispatchWarps + threadIdx.x / 32;
   if (r >= p.num_rows) return;
   const int64_t H = p.hidden_size;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * dispatch_chunk<V>();  // this warp's columns [c0, c1)
+  const int64_t c1 = c0 + dispatch_chunk<V>() < H ? c0 + dispatch_chunk<V>() : H;
   const int64_t rows = p.num_tokens * p.top_k;
   const int64_t i = p.row_map[r];
   TOut* __restrict__ out = static_cast<TOut*>(p.out) + r * p.out_row_stride;
@@ -54,43 +71,40 @@ FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) gather_kernel(const Gathe
     float zero[V];
     FULGUR_UNROLL
     for (int e = 0; e < V; ++e) zero[e] = 0.0f;
-    for (int64_t h = lane * V; h < H; h += kStep) store_vec<V>(out + h, zero);
+    for (int64_t h = c0 + lane * V; h < c1; h += kStep) store_vec<V>(out + h, zero);
     return;
   }
   const int64_t t = i / p.top_k;
   const TIn* __restrict__ in = static_cast<const TIn*>(p.hidden) + t * p.hidden_row_stride;
 
   if constexpr (std::is_same<TIn, TOut>::value && kVector) {
-    if (!p.scale_by_weight) {  // a pure copy: move the bits
+    if (!p.scale_by_weight) {  // a pure copy: move the bits, all of the chunk's loads first
       const uint4* __restrict__ src = reinterpret_cast<const uint4*>(in);
       uint4* __restrict__ dst = reinterpret_cast<uint4*>(out);
-      const int64_t n = H / V;
-      for (int64_t v0 = lane; v0 < n; v0 += 32 * kGatherUnroll) {
-        uint4 buf[kGatherUnroll];
-        FULGUR_UNROLL
-        for (int u = 0; u < kGatherUnroll; ++u)
-          if (v0 + 32 * u < n) buf[u] = src[v0 + 32 * u];
-        FULGUR_UNROLL
-        for (int u = 0; u < kGatherUnroll; ++u)
-          if (v0 + 32 * u < n) dst[v0 + 32 * u] = buf[u];
-      }
+      const int64_t v0 = c0 / V + lane, n = c1 / V;
+      uint4 buf[kGatherUnroll];
+      FULGUR_UNROLL
+      for (int u = 0; u < kGatherUnroll; ++u)
+        if (v0 + 32 * u < n) buf[u] = src[v0 + 32 * u];
+      FULGUR_UNROLL
+      for (int u = 0; u < kGatherUnroll; ++u)
+        if (v0 + 32 * u < n) dst[v0 + 32 * u] = buf[u];
       return;
     }
   }
 
   const float w = p.scale_by_weight ? load_weight(p.topk_weights, p.weights_dtype, i) : 1.0f;
-  for (int64_t h0 = lane * V; h0 < H; h0 += kStep * kGatherUnroll) {
-    float v[kGatherUnroll][V];
-    FULGUR_UNROLL
-    for (int u = 0; u < kGatherUnroll; ++u)
-      if (h0 + kStep * u < H) load_vec<V>(in + h0 + kStep * u, v[u]);
-    FULGUR_UNROLL
-    for (int u = 0; u < kGatherUnroll; ++u) {
-      if (h0 + kStep * u < H) {
-        FULGUR_UNROLL
-        for (int e = 0; e < V; ++e) v[u][e] *= w;
-        store_vec<V>(out + h0 + kStep * u, v[u]);
-      }
+  const int64_t h0 = c0 + lane * V;
+  float v[kGatherUnroll][V];
+  FULGUR_UNROLL
+  for (int u = 0; u < kGatherUnroll; ++u)
+    if (h0 + kStep * u < c1) load_vec<V>(in + h0 + kStep * u, v[u]);
+  FULGUR_UNROLL
+  for (int u = 0; u < kGatherUnroll; ++u) {
+    if (h0 + kStep * u < c1) {
+      FULGUR_UNROLL
+      for (int e = 0; e < V; ++e) v[u][e] *= w;
+      store_vec<V>(out + h0 + kStep * u, v[u]);
     }
   }
 }
@@ -114,6 +128,8 @@ inline Status can_implement(const GatherParams& p) {
     return Status::not_supported("gather: a dtype is not compiled in (FULGUR_ALLOW_*)");
   if ((p.num_rows + detail::kDispatchWarps - 1) / detail::kDispatchWarps > 0x7fffffff)
     return Status::not_supported("gather: num_rows exceeds the grid");
+  if ((p.hidden_size + detail::dispatch_chunk<1>() - 1) / detail::dispatch_chunk<1>() > 65535)
+    return Status::not_supported("gather: hidden_size exceeds the grid (65535 chunks of 128 columns)");
   return Status::ok();
 }
 
@@ -126,12 +142,16 @@ inline cudaError_t gather(const GatherParams& p, cudaStream_t stream = nullptr) 
   const Status s = can_implement(p);
   if (!s) return s.code();
   if (p.num_rows == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((p.num_rows + detail::kDispatchWarps - 1) / detail::kDispatchWarps));
+  const unsigned blocks = static_cast<unsigned>((p.num_rows + detail::kDispatchWarps - 1) / detail::kDispatchWarps);
   return FULGUR_DISPATCH_DTYPE(p.hidden_dtype, TIn, {
     return FULGUR_DISPATCH_DTYPE(p.out_dtype, TOut, {
-      if (detail::gather_vectorizable<TIn, TOut>(p))
+      constexpr int kV = detail::vec_elems<TIn, TOut>();
+      if (detail::gather_vectorizable<TIn, TOut>(p)) {
+        const dim3 grid(blocks, detail::dispatch_chunks<kV>(p.hidden_size));
         return ::fulgur::detail::launch(detail::gather_kernel<TIn, TOut, true>, grid, dim3(detail::kDispatchThreads), 0,
                                         stream, p);
+      }
+      const dim3 grid(blocks, detail::dispatch_chunks<1>(p.hidden_size));
       return ::fulgur::detail::launch(detail::gather_kernel<TIn, TOut, false>, grid, dim3(detail::kDispatchThreads), 0,
                                       stream, p);
     });
