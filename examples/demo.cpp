@@ -29,6 +29,7 @@
 #include <random>
 #include <vector>
 
+#include "example_support.hpp"  // error_name
 #include "fulgur/lightning.cuh"
 #include "fulgur/memory.hpp"
 #include "fulgur/moe.cuh"
@@ -83,17 +84,6 @@ bool ref_ok(const fulgur::Status& s, const char* call) {
   return record(false);
 }
 
-const char* error_name(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    default: return "a CUDA error";
-  }
-}
-
 struct Timer {
   std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
   double ms() const { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); }
@@ -109,7 +99,7 @@ bool run_kernel(const char* what, double& ms, Call&& call) {
   if (e == cudaSuccess) e = fulgur::device_synchronize();
   ms = t.ms();
   if (e == cudaSuccess) return true;
-  std::printf("  [FAIL] %s returned %s (%d)\n", what, error_name(e), static_cast<int>(e));
+  std::printf("  [FAIL] %s returned %s (%d)\n", what, fulgur_example::error_name(e), static_cast<int>(e));
   return record(false);
 }
 

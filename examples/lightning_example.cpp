@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "fulgur/lightning.cuh"  // prefill, decode, Params, can_implement, slopes
+#include "example_support.hpp"
 #include "fulgur/memory.hpp"     // DeviceBuffer, device_synchronize (examples and tests only)
 #include "fulgur/reference/lightning.hpp"
 
@@ -28,41 +29,9 @@ using fulgur::DeviceBuffer;
 using fulgur::DType;
 using bf16 = __nv_bfloat16;
 
+using namespace fulgur_example;  // Rng, error_name, ok, launched, ref_ok
+
 namespace {
-
-// Random numbers from a seed (splitmix64 + Box-Muller), the same sequence with every compiler.
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed) {}
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }  // (0, 1)
-  double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); }
-};
-
-// cudaGetErrorString lives in the CUDA runtime library, which an emulated build does not link;
-// the codes fulgur's launchers document are few.
-const char* error_name(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    default: return "another cudaError_t";
-  }
-}
-
-// Every call that returns a cudaError_t goes through this: print what failed and why.
-bool ok(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return true;
-  std::printf("  %s failed: %s (%d)\n", what, error_name(e), static_cast<int>(e));
-  return false;
-}
 
 double to_d(bf16 x) { return fulgur::to_double(x); }
 

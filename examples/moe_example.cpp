@@ -22,6 +22,7 @@
 #include <cstring>
 #include <vector>
 
+#include "example_support.hpp"
 #include "fulgur/memory.hpp"  // DeviceBuffer, device_synchronize (examples and tests only)
 #include "fulgur/moe.cuh"     // route, permute, gather, combine, Params, presets
 #include "fulgur/reference/moe.hpp"
@@ -31,55 +32,9 @@ using fulgur::DeviceBuffer;
 using fulgur::DType;
 using bf16 = __nv_bfloat16;
 
+using namespace fulgur_example;  // Rng, error_name, ok, launched, ref_ok
+
 namespace {
-
-// Random numbers from a seed (splitmix64 + Box-Muller), the same sequence with every compiler.
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed) {}
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }  // (0, 1)
-  double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); }
-};
-
-// cudaGetErrorString lives in the CUDA runtime library, which an emulated build does not link;
-// the codes fulgur's launchers document are few.
-const char* error_name(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    default: return "another cudaError_t";
-  }
-}
-
-bool ok(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return true;
-  std::printf("  %s failed: %s (%d)\n", what, error_name(e), static_cast<int>(e));
-  return false;
-}
-
-// A launcher's cudaError_t says what class of failure; can_implement(params) says why, in words.
-template <typename Params>
-bool launched(cudaError_t e, const char* what, const Params& p) {
-  if (ok(e, what)) return true;
-  std::printf("  reason: %s\n", fm::can_implement(p).reason());
-  return false;
-}
-
-// The references return a Status too: the same checks as the launchers, then the reason.
-bool ref_ok(const fulgur::Status& s, const char* what) {
-  if (s) return true;
-  std::printf("  reference %s: %s\n", what, s.reason());
-  return false;
-}
 
 double to_d(bf16 x) { return fulgur::to_double(x); }
 
