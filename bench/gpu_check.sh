@@ -5,6 +5,10 @@
 #   bash bench/gpu_check.sh --dry-run                    configure + build (sm_90a) + the checks below
 #   bash bench/gpu_check.sh --dry-run --prebuilt BUILD   the dry run on BUILD's binaries (CTest
 #                                                        bench_dry_run, label bench, in CI)
+#   bash bench/gpu_check.sh --prebuild ARCHIVE [--arch A]  on any machine with nvcc (no GPU needed):
+#                                                        build step 2's binaries for sm_A (default
+#                                                        90a) and pack them with their CTest files
+#                                                        into ARCHIVE (.tar.gz), for a lease to carry
 # Steps of the full check, each bounded so the whole script ends within FULGUR_GPU_CHECK_BUDGET
 # seconds (default 470, under the issue's 8 minutes, the build included), progress printed as it goes:
 #   1. record the device; install the peer wheels carried in .whl/ (if any) into a temporary
@@ -29,15 +33,24 @@
 #      pytest against plain-PyTorch references within FULGUR_TORCH_BUDGET seconds (default 90,
 #      reserved out of the peers' share when enough is left), skipped when under 30 s remain;
 #   8. the comparison (bench/compare.py): the full table into summary.md, the short one printed last.
-# FULGUR_GPU_CHECK_SKIP=a,b,... leaves out steps: tests, bench, sanitizers, peers, torch (and
-# FULGUR_GPU_CHECK_PREBUILT=DIR skips the build, using DIR's binaries). A lease too short for
-# everything in one call runs two on the same warm machine (docs/gpu_checks.md, "Two calls"):
-#   bash bench/gpu_check.sh OUT1                                   (build, tests, benchmarks, ...)
-#   FULGUR_GPU_CHECK_PREBUILT=build-gpu FULGUR_GPU_CHECK_SKIP=tests,sanitizers \
-#     bash bench/gpu_check.sh OUT2                                 (benchmarks again, peers, torch)
-# OUT_DIR gets at most 7 files (the GPU tool returns 8): summary.md (device, steps, full table),
+#   5b. profile (Nsight Compute, when `ncu` runs there): the kernels of the benchmarks that miss
+#      their goals, one ncu run each (FULGUR_PROFILE: a ;-separated list of
+#      binary:benchmark-regex:kernel-regex:launches, default below), within FULGUR_PROFILE_BUDGET
+#      seconds (default 120), --clock-control none, text report into profile.txt;
+# FULGUR_GPU_CHECK_SKIP=a,b,... leaves out steps: tests, bench, sanitizers, profile, peers, torch.
+# FULGUR_GPU_CHECK_PREBUILT=DIR skips the build, using DIR's binaries (the build of an earlier call
+# on the same machine); FULGUR_GPU_CHECK_PREBUILT=ARCHIVE.tar.gz unpacks an archive made by
+# --prebuild (carried in .deps/), rewrites its CTest paths for this checkout, and uses it when it
+# was built from the same sources (a hash of include/, tests/, bench/, cmake/) and its binaries
+# load; otherwise it builds as usual (FULGUR_GPU_CHECK_PREBUILT_ANY=1: use it anyway). A lease too
+# short for everything in one call runs two on the same warm machine (docs/gpu_checks.md, "Two calls"):
+#   FULGUR_GPU_CHECK_SKIP=peers,torch,profile bash bench/gpu_check.sh OUT1   (build, tests, bench, sanitizers)
+#   FULGUR_GPU_CHECK_PREBUILT=build-gpu FULGUR_GPU_CHECK_SKIP=tests,sanitizers,bench \
+#     bash bench/gpu_check.sh OUT2                                          (profile, peers, torch)
+# OUT_DIR gets at most 8 files (what the GPU tool returns): summary.md (device, steps, full table),
 # build.log (the torch extension's build appended), tests.log (the torch extension's tests
-# appended), run.log (benchmark and peer console output), bench.json, peers.json, sanitizer.log.
+# appended), run.log (benchmark and peer console output), bench.json, peers.json, sanitizer.log,
+# profile.txt.
 # Catch2 and Google Benchmark are taken from .deps/ when the machine lacks them
 # (scripts/prepare_gpu_deps.sh fills that folder; bench/CMakeLists.txt falls back to a built-in
 # harness if the carried library does not load).
@@ -53,22 +66,102 @@ left() { echo $((budget - $(date +%s) + t0)); }
 say() { echo "[$(elapsed) s] $*"; }
 skipped() { case ",${FULGUR_GPU_CHECK_SKIP:-}," in *",$1,"*) return 0 ;; esac; return 1; }
 
+# ---- the GPU build, shared by every mode -----------------------------------------------------------
+# configure_gpu BUILD_DIR ARCH LOG: the one configuration of step 2 (Ninja when present).
+configure_gpu() {
+  local gen=()
+  [ -f "$1/CMakeCache.txt" ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
+  cmake -S "$root" -B "$1" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_BUILD_GPU_TESTS=ON \
+    -DFULGUR_CUDA_ARCHITECTURES="$2" -DCMAKE_CUDA_ARCHITECTURES="$2" -DFULGUR_BENCH_ARCHITECTURES="$2" \
+    -DFULGUR_BUILD_EXAMPLES=OFF -DFULGUR_BUILD_BENCH=ON >>"$3" 2>&1
+}
+# gpu_target_list BUILD_DIR: the GPU test binaries and the benchmarks a configured build offers.
+gpu_target_list() {
+  cmake --build "$1" --target help 2>/dev/null | grep -oE '\b(test_[a-z0-9_]*_gpu|bench_(lightning|moe|token_drop))\b' |
+    sort -u | tr '\n' ' '
+}
+# sources_hash: what the binaries are built from (the same files on every machine the tree travels to).
+sources_hash() {
+  (cd "$root" && find include tests bench cmake CMakeLists.txt -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.hpp' \
+    -o -name '*.h' -o -name '*.cpp' -o -name '*.inl' -o -name CMakeLists.txt -o -name '*.cmake' -o -name '*.in' \) \
+    -not -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+# pack_prebuilt BUILD_DIR ARCHIVE ARCH TARGETS...: the named binaries, every CTestTestfile.cmake and
+# a manifest (fulgur-prebuilt.env: where and from what it was built), paths relative to BUILD_DIR.
+pack_prebuilt() {
+  local b a arch t f list
+  b=$(cd "$1" && pwd); a=$2; arch=$3; shift 3
+  list=$(mktemp)
+  for t in "$@"; do
+    f=$(cd "$b" && find . -type f -name "$t" -perm -u+x -not -path '*/CMakeFiles/*' | head -1)
+    [ -n "$f" ] && echo "$f" >>"$list"
+  done
+  {
+    printf "FULGUR_PREBUILT_ROOT='%s'\n" "$root"
+    printf "FULGUR_PREBUILT_BDIR='%s'\n" "$b"
+    printf "FULGUR_PREBUILT_ARCH='%s'\n" "$arch"
+    printf "FULGUR_PREBUILT_COMMIT='%s'\n" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    printf "FULGUR_PREBUILT_DATE='%s'\n" "$(date -u +%Y-%m-%dT%H:%MZ)"
+    printf "FULGUR_PREBUILT_SOURCES='%s'\n" "$(sources_hash)"
+    printf "FULGUR_PREBUILT_TARGETS='%s'\n" "$(cd "$b" && xargs -r -n1 basename <"$list" | tr '\n' ' ')"
+  } >"$b/fulgur-prebuilt.env"
+  (cd "$b" && find . -name CTestTestfile.cmake -not -path '*/CMakeFiles/*' >>"$list" && echo ./fulgur-prebuilt.env >>"$list")
+  mkdir -p "$(dirname "$a")"
+  tar -czf "$a" -C "$b" -T "$list"
+  local r=$?
+  rm -f "$list"
+  return $r
+}
+# unpack_prebuilt ARCHIVE DEST: DEST emptied, the archive unpacked there, and the CTest files'
+# absolute paths (the packing machine's build folder and checkout) rewritten to DEST and this checkout.
+unpack_prebuilt() {
+  rm -rf "$2" && mkdir -p "$2" && tar -xzf "$1" -C "$2" || return 1
+  local d
+  d=$(cd "$2" && pwd)
+  # shellcheck disable=SC1091
+  . "$d/fulgur-prebuilt.env" || return 1
+  find "$d" -name CTestTestfile.cmake -print0 | xargs -0 -r sed -i \
+    -e "s#${FULGUR_PREBUILT_BDIR}\([/\"]\)#${d}\1#g" -e "s#${FULGUR_PREBUILT_ROOT}\([/\"]\)#${root}\1#g"
+}
+
 dry=0
 prebuilt=""
+prebuild=""
+pack_arch=90a
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
     --prebuilt) prebuilt=${2:?--prebuilt needs a build folder}; shift ;;
+    --prebuild) prebuild=${2:?--prebuild needs an archive path}; shift ;;
+    --arch) pack_arch=${2:?--arch needs an architecture, e.g. 90a}; shift ;;
     -h|--help) sed -n '3,/^set -uo pipefail/p' "$0" | sed '$d'; exit 0 ;;
     *) out=$1 ;;
   esac
   shift
 done
+
+# ---- --prebuild: step 2 on this machine, packed for a lease to carry -------------------------------
+if [ -n "$prebuild" ]; then
+  case "$prebuild" in /*) ;; *) prebuild="$PWD/$prebuild" ;; esac
+  pb_dir=${FULGUR_PREBUILD_DIR:-$root/build-gpu}
+  pb_log=$pb_dir.log
+  : >"$pb_log"
+  say "configure $pb_dir (sm_$pack_arch; log $pb_log)"
+  configure_gpu "$pb_dir" "$pack_arch" "$pb_log" || { tail -30 "$pb_log"; exit 1; }
+  targets=${FULGUR_PREBUILD_TARGETS:-$(gpu_target_list "$pb_dir")}
+  say "build ($(nproc) jobs): $targets"
+  cmake --build "$pb_dir" -j "$(nproc)" --target $targets >>"$pb_log" 2>&1 || { tail -40 "$pb_log"; exit 1; }
+  pack_prebuilt "$pb_dir" "$prebuild" "$pack_arch" $targets || exit 1
+  say "packed $(tar -tzf "$prebuild" | grep -vc CTestTestfile) files, $(du -h "$prebuild" | cut -f1): $prebuild"
+  say "carry its folder (e.g. .deps) and run FULGUR_GPU_CHECK_PREBUILT=${prebuild#"$root"/} bash bench/gpu_check.sh OUT"
+  exit 0
+fi
+
 if [ $dry = 1 ]; then
   out=${out:-$(mktemp -d)}
 elif [ -z "$out" ]; then
-  echo "usage: gpu_check.sh OUT_DIR | --dry-run [--prebuilt BUILD_DIR]" >&2
+  echo "usage: gpu_check.sh OUT_DIR | --dry-run [--prebuilt BUILD_DIR] | --prebuild ARCHIVE [--arch A]" >&2
   exit 2
 fi
 mkdir -p "$out"
@@ -90,15 +183,12 @@ if [ $dry = 1 ]; then
     bdir=$(cd "$prebuilt" && pwd)
   else
     bdir="$root/build-gpu"
-    gen=()
-    [ -f "$bdir/CMakeCache.txt" ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
     say "configure $bdir (sm_90a)"
-    if ! cmake -S . -B "$bdir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_BUILD_GPU_TESTS=ON \
-      -DFULGUR_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_ARCHITECTURES=90a -DFULGUR_BENCH_ARCHITECTURES=90a \
-      -DFULGUR_BUILD_EXAMPLES=OFF -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1; then
+    : >"$out/build.log"
+    if ! configure_gpu "$bdir" 90a "$out/build.log"; then
       tail -30 "$out/build.log"; bad "configure"; echo "0 passed, 1 failed"; exit 1
     fi
-    targets=$(cmake --build "$bdir" --target help 2>/dev/null | grep -oE '\b(test_[a-z0-9_]*_gpu|bench_(lightning|moe|token_drop))\b' | sort -u | tr '\n' ' ')
+    targets=$(gpu_target_list "$bdir")
     say "build: $targets"
     if cmake --build "$bdir" -j "$jobs" --target $targets >>"$out/build.log" 2>&1; then ok "build"; else
       tail -40 "$out/build.log"; bad "build"; echo "$pass passed, $fails failed"; exit 1
@@ -116,6 +206,27 @@ if [ $dry = 1 ]; then
       else echo "$msg" | tail -5; bad "$(basename "$b") without a GPU"; fi
     fi
   done
+  # The prebuilt archive's round trip on this build's benchmarks: pack, unpack elsewhere, every CTest
+  # path rewritten (none of the packing build's left), the binaries run from their new place.
+  names=$(for b in $benches; do basename "$b"; done | tr '\n' ' ')
+  if [ -n "$names" ] && pack_prebuilt "$bdir" "$scratch/prebuilt.tar.gz" 90a $names 2>"$scratch/err" &&
+    unpack_prebuilt "$scratch/prebuilt.tar.gz" "$scratch/unpacked" 2>>"$scratch/err"; then
+    left_paths=$(grep -rl -- "$bdir/" "$scratch/unpacked" --include=CTestTestfile.cmake 2>/dev/null | wc -l)
+    listed=0
+    for n in $names; do
+      f=$(find "$scratch/unpacked" -type f -name "$n" | head -1)
+      [ -n "$f" ] && "$f" --benchmark_list_tests 2>/dev/null | grep -q . && listed=$((listed + 1))
+    done
+    ctest_ok=$( (cd "$scratch/unpacked" && ctest --show-only=json-v1 >"$scratch/tests.json" 2>>"$scratch/err") && echo 1 || echo 0)
+    moved=$(grep -c -- "$scratch/unpacked/" "$scratch/tests.json" 2>/dev/null)
+    if [ "$left_paths" = 0 ] && [ "$listed" = "$(echo $names | wc -w)" ] && [ "$ctest_ok" = 1 ] && [ "${moved:-0}" -gt 0 ]; then
+      ok "prebuilt archive: $(du -h "$scratch/prebuilt.tar.gz" | cut -f1), unpacked elsewhere, CTest paths rewritten, $listed binaries run there"
+    else
+      cat "$scratch/err"; bad "prebuilt archive: old paths in $left_paths CTest files, $listed binaries run, ctest json $ctest_ok, ${moved:-0} moved paths"
+    fi
+  else
+    cat "$scratch/err"; bad "prebuilt archive: pack/unpack failed"
+  fi
   if python3 -m py_compile bench/compare.py bench/peers/*.py 2>"$scratch/err"; then ok "python peers compile"; else
     cat "$scratch/err"; bad "py_compile"; fi
   # The torch example: its Python compiles, and its tests run (or skip: no torch, no GPU, or no built
@@ -191,32 +302,66 @@ if [ "${FULGUR_GPU_CHECK_TORCH:-1}" != 0 ] && ! skipped torch && python3 -c "imp
   say "torch extension: building in the background (sm_$torch_arch)"
 fi
 
-# 2. build (FULGUR_GPU_CHECK_PREBUILT=DIR: use DIR's binaries as they are, to test this script)
+# 2. build. FULGUR_GPU_CHECK_PREBUILT=DIR: DIR's binaries as they are (an earlier call's build);
+# =ARCHIVE: a --prebuild archive, used when built from these sources and its binaries load.
 s=$(date +%s)
-bdir=${FULGUR_GPU_CHECK_PREBUILT:-build-gpu}
-gpu_targets=""
-bench_targets=""
-if [ -z "${FULGUR_GPU_CHECK_PREBUILT:-}" ]; then
-  gen=()
-  [ -f build-gpu/CMakeCache.txt ] || { command -v ninja >/dev/null && gen=(-G Ninja); }
-  say "configure and build (sm_$arch, $jobs jobs)"
-  cmake -S . -B build-gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DFULGUR_ENABLE_CUDA=ON -DFULGUR_BUILD_GPU_TESTS=ON -DFULGUR_CUDA_ARCHITECTURES="$arch" \
-    -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFULGUR_BENCH_ARCHITECTURES="$arch" -DFULGUR_BUILD_EXAMPLES=OFF \
-    -DFULGUR_BUILD_BENCH=ON >"$out/build.log" 2>&1
+pre=${FULGUR_GPU_CHECK_PREBUILT:-}
+bdir=build-gpu
+use_prebuilt=0
+pre_note=""
+if [ -n "$pre" ] && [ -f "$pre" ]; then
+  say "unpack the prebuilt archive $pre"
+  if unpack_prebuilt "$pre" "$root/build-gpu-prebuilt" 2>"$scratch/unpack.err"; then
+    here=$(sources_hash)
+    first=""
+    for t in $FULGUR_PREBUILT_TARGETS; do
+      case "$t" in test_*) first=$(find "$root/build-gpu-prebuilt" -type f -name "$t" | head -1); break ;; esac
+    done
+    pre_note="commit $FULGUR_PREBUILT_COMMIT, sm_$FULGUR_PREBUILT_ARCH, built $FULGUR_PREBUILT_DATE"
+    if [ "$FULGUR_PREBUILT_SOURCES" != "$here" ] && [ "${FULGUR_GPU_CHECK_PREBUILT_ANY:-0}" != 1 ]; then
+      pre_note="not used: built from other sources ($FULGUR_PREBUILT_SOURCES, here $here; $pre_note)"
+    elif [ "$FULGUR_PREBUILT_ARCH" != "$arch" ]; then
+      pre_note="not used: built for sm_$FULGUR_PREBUILT_ARCH, this card is sm_$arch"
+    elif [ -n "$first" ] && { "$first" --list-tests >/dev/null 2>"$scratch/load.err"; r=$?; [ $r != 0 ] && [ $r != 77 ]; }; then
+      # 77: the test binaries' skip code without a usable GPU; the loader's failures are 126/127
+      pre_note="not used: $(basename "$first") does not start here (rc=$r: $(head -c 200 "$scratch/load.err"))"
+    else
+      use_prebuilt=1
+      bdir=$root/build-gpu-prebuilt
+      [ "$FULGUR_PREBUILT_SOURCES" = "$here" ] || pre_note="$pre_note; SOURCES DIFFER (FULGUR_GPU_CHECK_PREBUILT_ANY=1)"
+    fi
+  else
+    pre_note="not used: unpacking failed ($(head -c 200 "$scratch/unpack.err"))"
+  fi
+  say "prebuilt archive: $pre_note"
+elif [ -n "$pre" ]; then
+  use_prebuilt=1
+  bdir=$pre
+  pre_note="prebuilt $bdir"
 fi
-harness=$(grep -oE 'benchmarks use [^:]*' "$out/build.log" 2>/dev/null | head -1)
-gpu_targets=$(cmake --build "$bdir" --target help 2>/dev/null | grep -oE '\b(test|bench)_[a-z0-9_]*_gpu\b' | sort -u | tr '\n' ' ')
-bench_targets=$(cmake --build "$bdir" --target help 2>/dev/null | grep -oE '\bbench_(lightning|moe|token_drop)\b' | sort -u | tr '\n' ' ')
-if [ -n "${FULGUR_GPU_CHECK_PREBUILT:-}" ]; then
-  row build "prebuilt $bdir" 0
-elif timeout $(($(left) > 120 ? $(left) - 60 : 60)) cmake --build build-gpu -j "$jobs" --target $gpu_targets $bench_targets \
-  >>"$out/build.log" 2>&1; then
-  row build "ok ($gpu_targets$bench_targets; $harness)" $(($(date +%s) - s))
+if [ $use_prebuilt = 1 ]; then
+  if [ -f "$bdir/fulgur-prebuilt.env" ]; then
+    # shellcheck disable=SC1091
+    . "$bdir/fulgur-prebuilt.env"
+    all_targets=$FULGUR_PREBUILT_TARGETS
+  else
+    all_targets=$(gpu_target_list "$bdir")
+  fi
+  row build "prebuilt: $pre_note ($(echo $all_targets | wc -w) binaries)" $(($(date +%s) - s))
 else
-  row build "FAILED (build.log)" $(($(date +%s) - s))
-  tail -40 "$out/build.log"
-  # keep going with whatever was built: a broken family must not cost the others' results
+  say "configure and build (sm_$arch, $jobs jobs)"
+  configure_gpu build-gpu "$arch" "$out/build.log"
+  all_targets=$(gpu_target_list build-gpu)
+  if timeout $(($(left) > 120 ? $(left) - 60 : 60)) cmake --build build-gpu -j "$jobs" --target $all_targets \
+    >>"$out/build.log" 2>&1; then
+    row build "ok ($all_targets; $(grep -oE 'benchmarks use [^:]*' "$out/build.log" 2>/dev/null | head -1))${pre_note:+; archive $pre_note}" $(($(date +%s) - s))
+  else
+    row build "FAILED (build.log)${pre_note:+; archive $pre_note}" $(($(date +%s) - s))
+    tail -40 "$out/build.log"
+    # keep going with whatever was built: a broken family must not cost the others' results
+  fi
 fi
+gpu_targets=$(echo "$all_targets" | tr ' ' '\n' | grep -E '^test_[a-z0-9_]*_gpu$' | tr '\n' ' ')
 
 # 3. tests
 s=$(date +%s)
@@ -225,7 +370,9 @@ if skipped tests; then
   row "GPU tests (ctest -L gpu)" "skipped (FULGUR_GPU_CHECK_SKIP)" 0
 else
   say "GPU tests"
-  (cd "$bdir" && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu --output-on-failure -j 4) >"$out/tests.log" 2>&1
+  only=()  # a prebuilt archive holds the binaries it lists: run those (a partial one is no failure)
+  [ $use_prebuilt = 1 ] && [ -n "$gpu_targets" ] && only=(-R "^($(echo $gpu_targets | tr ' ' '|'))\$")
+  (cd "$bdir" && timeout $(($(left) > 200 ? 150 : 60)) ctest -L gpu "${only[@]}" --output-on-failure -j 4) >"$out/tests.log" 2>&1
   rc=$?
   row "GPU tests (ctest -L gpu)" "$( [ $rc = 0 ] && echo pass || echo "FAIL rc=$rc") ($(grep -E 'tests passed' "$out/tests.log" | tail -1))" $(($(date +%s) - s))
 fi
@@ -319,6 +466,48 @@ elif command -v compute-sanitizer >/dev/null; then
     r=$?
     res=$( [ $r = 0 ] && echo clean || { [ $r = 124 ] && echo "stopped at its $lim s limit, no finding before it" || echo "FAIL rc=$r"; })
     row "compute-sanitizer $tool $t" "$res" $(($(date +%s) - s))
+  done
+fi
+
+# 5b. profile: one ncu run per entry of FULGUR_PROFILE (binary:benchmark-regex:kernel-regex:launches),
+# the benchmarks that miss their goals by default; each kernel's sections as text into profile.txt.
+default_profile="bench_lightning:^lightning\.prefill/H=8/d=128/N=32768/seqs=1\$:prefill:4"
+default_profile+=";bench_lightning:^lightning\.decode/H=8/d=128/B=64\$:decode_kernel:1"
+default_profile+=";bench_moe:^moe\.route/model=deepseek_v3/E=256/k=8/T=8192\$:route_kernel:1"
+default_profile+=";bench_moe:^moe\.permute/model=deepseek_v3/E=256/k=8/T=8192\$:permute:4"
+default_profile+=";bench_moe:^moe\.gather/model=qwen3/E=128/k=8/H=4096/T=32768\$:gather_kernel:1"
+default_profile+=";bench_token_drop:^token_drop\.fused/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:fused|gather_rows:2"
+default_profile+=";bench_token_drop:^token_drop\.score/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:score:2"
+prof_sections=(SpeedOfLight Occupancy LaunchStats WarpStateStats SchedulerStats MemoryWorkloadAnalysis
+  ComputeWorkloadAnalysis InstructionStats SourceCounters)
+if skipped profile; then
+  row "profile (ncu)" "skipped (FULGUR_GPU_CHECK_SKIP)" 0
+elif ! command -v ncu >/dev/null; then
+  row "profile (ncu)" "skipped (no ncu on PATH)" 0
+else
+  : >"$out/profile.txt"
+  pbud=${FULGUR_PROFILE_BUDGET:-120}
+  [ "$pbud" -gt $(($(left) / 2)) ] && pbud=$(($(left) / 2))  # leave the peers their share
+  prof_end=$(($(date +%s) + pbud))
+  IFS=';' read -r -a entries <<<"${FULGUR_PROFILE:-$default_profile}"
+  i=0
+  for entry in "${entries[@]}"; do
+    IFS=':' read -r pbin pbench pkern pcount <<<"$entry"
+    i=$((i + 1))
+    share=$(((prof_end - $(date +%s)) / (${#entries[@]} - i + 1)))
+    b=$bdir/bench/$pbin
+    if [ ! -x "$b" ]; then row "profile $pbench" "not run: $pbin not built" 0; continue; fi
+    if [ "$share" -lt 15 ]; then row "profile $pbench" "skipped (time budget)" 0; continue; fi
+    s=$(date +%s)
+    say "ncu: $pbench (kernels /$pkern/, $pcount launches, limit $share s)"
+    echo "==== ncu: $pbin $pbench (kernels /$pkern/, first ${pcount:-1} launches)" >>"$out/profile.txt"
+    sec=()
+    for x in "${prof_sections[@]}"; do sec+=(--section "$x"); done
+    timeout "$share" ncu --clock-control none --kernel-name "regex:$pkern" --launch-count "${pcount:-1}" "${sec[@]}" \
+      --print-summary none "$b" --benchmark_filter="$pbench" --fulgur_target_time=0.002 >>"$out/profile.txt" 2>&1
+    r=$?
+    n=$(grep -c 'Section: GPU Speed Of Light' "$out/profile.txt")
+    row "profile $pbench" "$( [ $r = 0 ] && echo ok || { [ $r = 124 ] && echo "stopped at its $share s limit" || echo "rc=$r"; }) ($n kernel reports in profile.txt so far)" $(($(date +%s) - s))
   done
 fi
 
