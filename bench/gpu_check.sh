@@ -145,8 +145,8 @@ done
 if [ -n "$prebuild" ]; then
   case "$prebuild" in /*) ;; *) prebuild="$PWD/$prebuild" ;; esac
   pb_dir=${FULGUR_PREBUILD_DIR:-$root/build-gpu}
-  pb_log=$pb_dir.log
-  : >"$pb_log"
+  pb_log=$pb_dir/prebuild.log
+  mkdir -p "$pb_dir" && : >"$pb_log"
   say "configure $pb_dir (sm_$pack_arch; log $pb_log)"
   configure_gpu "$pb_dir" "$pack_arch" "$pb_log" || { tail -30 "$pb_log"; exit 1; }
   targets=${FULGUR_PREBUILD_TARGETS:-$(gpu_target_list "$pb_dir")}
