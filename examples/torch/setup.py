@@ -85,7 +85,10 @@ setup(
                 "fulgur_ops_token_drop.cu",
             ],
             include_dirs=[include, here],
-            extra_compile_args={"cxx": ["-O2", "-std=c++17"], "nvcc": nvcc_flags},
+            # No -std for the binding: torch adds the standard its headers need (C++20 since
+            # PyTorch 2.10, whose ATen.h stops a C++17 build with #error). The CUDA units include
+            # no torch header and stay C++17 (nvcc_flags), like the rest of fulgur.
+            extra_compile_args={"cxx": ["-O2"], "nvcc": nvcc_flags},
         )
     ],
     cmdclass={"build_ext": BuildExtension},
