@@ -36,7 +36,7 @@
 #   5b. profile (Nsight Compute, when `ncu` runs there): the kernels of the benchmarks that miss
 #      their goals, one ncu run each (FULGUR_PROFILE: a ;-separated list of
 #      binary:benchmark-regex:kernel-regex:launches, default below), within FULGUR_PROFILE_BUDGET
-#      seconds (default 120), --clock-control none, text report into profile.txt;
+#      seconds (default 150), --clock-control none, text report into profile.txt;
 # FULGUR_GPU_CHECK_SKIP=a,b,... leaves out steps: tests, bench, sanitizers, profile, peers, torch.
 # FULGUR_GPU_CHECK_PREBUILT=DIR skips the build, using DIR's binaries (the build of an earlier call
 # on the same machine); FULGUR_GPU_CHECK_PREBUILT=ARCHIVE.tar.gz unpacks an archive made by
@@ -478,6 +478,8 @@ default_profile+=";bench_moe:^moe\.permute/model=deepseek_v3/E=256/k=8/T=8192\$:
 default_profile+=";bench_moe:^moe\.gather/model=qwen3/E=128/k=8/H=4096/T=32768\$:gather_kernel:1"
 default_profile+=";bench_token_drop:^token_drop\.fused/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:fused|gather_rows:2"
 default_profile+=";bench_token_drop:^token_drop\.score/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:score:2"
+default_profile+=";bench_moe:^moe\.route/model=deepseek_v3/E=256/k=8/T=1\$:route_kernel:1"  # 12.4 us for one token
+default_profile+=";bench_token_drop:^token_drop\.select/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:select:1"
 prof_sections=(SpeedOfLight Occupancy LaunchStats WarpStateStats SchedulerStats MemoryWorkloadAnalysis
   ComputeWorkloadAnalysis InstructionStats SourceCounters)
 if skipped profile; then
@@ -486,7 +488,7 @@ elif ! command -v ncu >/dev/null; then
   row "profile (ncu)" "skipped (no ncu on PATH)" 0
 else
   : >"$out/profile.txt"
-  pbud=${FULGUR_PROFILE_BUDGET:-120}
+  pbud=${FULGUR_PROFILE_BUDGET:-150}
   [ "$pbud" -gt $(($(left) / 2)) ] && pbud=$(($(left) / 2))  # leave the peers their share
   prof_end=$(($(date +%s) + pbud))
   IFS=';' read -r -a entries <<<"${FULGUR_PROFILE:-$default_profile}"
@@ -494,10 +496,13 @@ else
   for entry in "${entries[@]}"; do
     IFS=':' read -r pbin pbench pkern pcount <<<"$entry"
     i=$((i + 1))
-    share=$(((prof_end - $(date +%s)) / (${#entries[@]} - i + 1)))
+    # what is left minus 10 s for each later entry, at most 60: the first (most wanted) entries get
+    # the time they need, a quick one leaves its share to the rest
+    share=$((prof_end - $(date +%s) - 10 * (${#entries[@]} - i)))
+    [ "$share" -gt 60 ] && share=60
     b=$bdir/bench/$pbin
     if [ ! -x "$b" ]; then row "profile $pbench" "not run: $pbin not built" 0; continue; fi
-    if [ "$share" -lt 15 ]; then row "profile $pbench" "skipped (time budget)" 0; continue; fi
+    if [ "$share" -lt 10 ]; then row "profile $pbench" "skipped (time budget)" 0; continue; fi
     s=$(date +%s)
     say "ncu: $pbench (kernels /$pkern/, $pcount launches, limit $share s)"
     echo "==== ncu: $pbin $pbench (kernels /$pkern/, first ${pcount:-1} launches)" >>"$out/profile.txt"
