@@ -1,6 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Status: the result of a host-side check (can_implement, argument validation). It carries the
 // cudaError_t a launcher returns and a static, human-readable reason. No allocation, no iostream.
+//
+// Success is made with the static factory `Status::success()` (or `Status()`) and checked with the
+// member `s.ok()` (absl's spelling), `s.is_ok()` or `if (s)`. The factory was once called `ok()`,
+// next to the member `is_ok()`, so `REQUIRE(s.ok())` called the static factory and was always
+// true; `ok()` is now the non-static check, and an old `return Status::ok();` fails to compile
+// (a member called without an object) instead of meaning something else.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -14,7 +20,8 @@ class Status {
   constexpr Status() noexcept = default;
   constexpr Status(cudaError_t code, const char* reason) noexcept : code_(code), reason_(reason) {}
 
-  static constexpr Status ok() noexcept { return Status(); }
+  /// The success status (code cudaSuccess, reason "ok"). Check a status with `ok()`.
+  static constexpr Status success() noexcept { return Status(); }
   /// Bad arguments: null where required, misaligned, sizes that do not fit.
   static constexpr Status invalid(const char* reason) noexcept {
     return Status(cudaErrorInvalidValue, reason);
@@ -24,6 +31,8 @@ class Status {
     return Status(cudaErrorNotSupported, reason);
   }
 
+  /// True when the code is cudaSuccess. A member: `Status::ok()` does not compile.
+  constexpr bool ok() const noexcept { return is_ok(); }
   constexpr bool is_ok() const noexcept { return code_ == cudaSuccess; }
   constexpr explicit operator bool() const noexcept { return is_ok(); }
   constexpr cudaError_t code() const noexcept { return code_; }

@@ -223,7 +223,7 @@ inline Status validate(const PrefillParams& p) {
                      "lightning prefill: checkpoint_interval/offsets given but checkpoints is "
                      "null");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// Host check of the index arrays and slopes: reads cu_seqlens, slot_ids, checkpoint_offsets and
@@ -273,7 +273,7 @@ inline Status validate_host_arrays(const PrefillParams& p) {
                        "num_checkpoint_rows");
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 inline Status validate(const DecodeParams& p) {
@@ -306,7 +306,7 @@ inline Status validate(const DecodeParams& p) {
                    "lightning decode: batch_size * num_steps must fit int32");
   FULGUR_CHECK_ARG(p.step_state_stride == 0 || p.step_state_stride >= int64_t{p.num_heads} * p.dk * p.dv,
                    "lightning decode: step_state_stride must be 0 (dense) or >= H*dk*dv");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Reads slot_ids and slopes (host memory); call after validate().
@@ -323,7 +323,7 @@ inline Status validate_host_arrays(const DecodeParams& p) {
       FULGUR_CHECK_ARG(p.slot_ids[c] != s, "lightning decode: two batch rows share a slot");
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace lightning

@@ -84,7 +84,7 @@ inline Status fill_minimax_slopes(float* out, int num_heads, int layer, int num_
   for (int i = 0; i < local; ++i) {
     out[i] = static_cast<float>(minimax_slope(num_heads, tp_rank * local + i, layer, num_layers, conv));
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace lightning

@@ -183,7 +183,7 @@ inline Status check_qkv_alignment(const P& p, bool any_rows, const char* what_pt
   FULGUR_CHECK_ARG(p.q_stride_token % vec == 0 && p.q_stride_head % vec == 0 && p.k_stride_token % vec == 0 &&
                        p.k_stride_head % vec == 0 && p.v_stride_token % vec == 0 && p.v_stride_head % vec == 0,
                    what_stride);
-  return Status::ok();
+  return Status::success();
 }
 }  // namespace detail
 
@@ -235,7 +235,7 @@ inline Status can_implement(const PrefillParams& p) {
                    "lightning prefill: checkpoints must be 16-byte aligned");
   FULGUR_CHECK_ARG(p.checkpoints == nullptr || p.checkpoint_interval % PrefillTile<64>::kBlock == 0,
                    "lightning prefill: checkpoint_interval must be a multiple of the kernel block (64 tokens)");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Pure host check for decode, as for prefill.
@@ -267,7 +267,7 @@ inline Status can_implement(const DecodeParams& p) {
   FULGUR_CHECK_ARG(p.step_states == nullptr || detail::aligned(p.step_states, 16),
                    "lightning decode: step_states must be 16-byte aligned");
   FULGUR_CHECK_ARG(p.step_state_stride % 4 == 0, "lightning decode: step_state_stride must be a multiple of 4");
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace lightning

@@ -133,7 +133,7 @@ inline Status can_implement(const CombineParams& p) {
     return Status::not_supported("combine: num_tokens exceeds the grid");
   if ((p.hidden_size + detail::dispatch_chunk<1>() - 1) / detail::dispatch_chunk<1>() > 65535)
     return Status::not_supported("combine: hidden_size exceeds the grid (65535 chunks of 128 columns)");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Combine: writes out[0, T) as reference::moe_combine defines it, accumulated in fp32 in the

@@ -130,7 +130,7 @@ inline Status can_implement(const GatherParams& p) {
     return Status::not_supported("gather: num_rows exceeds the grid");
   if ((p.hidden_size + detail::dispatch_chunk<1>() - 1) / detail::dispatch_chunk<1>() > 65535)
     return Status::not_supported("gather: hidden_size exceeds the grid (65535 chunks of 128 columns)");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Dispatch: writes p.num_rows rows of p.out as reference::moe_gather defines them (bit-exact

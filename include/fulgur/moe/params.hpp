@@ -302,7 +302,7 @@ inline Status validate(const RoutePolicy& p) {
                    "at least top_k experts");
   FULGUR_CHECK_ARG(std::isfinite(p.renorm_eps) && p.renorm_eps >= 0.0f, "route: renorm_eps must be finite and >= 0");
   FULGUR_CHECK_ARG(std::isfinite(p.scaling_factor), "route: scaling_factor must be finite");
-  return Status::ok();
+  return Status::success();
 }
 
 inline Status validate(const RouteParams& p) {
@@ -323,7 +323,7 @@ inline Status validate(const RouteParams& p) {
     FULGUR_CHECK_ARG(p.topk_ids != nullptr, "route: topk_ids is null");
     FULGUR_CHECK_ARG(p.topk_weights != nullptr, "route: topk_weights is null");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 inline Status validate(const PermuteParams& p) {
@@ -360,7 +360,7 @@ inline Status validate(const PermuteParams& p) {
 
   FULGUR_CHECK_ARG(p.num_ranks >= 1, "permute: num_ranks must be >= 1");
   FULGUR_CHECK_ARG(p.num_experts % p.num_ranks == 0, "permute: num_ranks must divide num_experts");
-  return Status::ok();
+  return Status::success();
 }
 
 inline Status validate(const GatherParams& p) {
@@ -383,7 +383,7 @@ inline Status validate(const GatherParams& p) {
     FULGUR_CHECK_ARG(!p.scale_by_weight || p.num_tokens == 0 || p.topk_weights != nullptr,
                      "gather: scale_by_weight is set but topk_weights is null");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 inline Status validate(const CombineParams& p) {
@@ -416,7 +416,7 @@ inline Status validate(const CombineParams& p) {
     FULGUR_CHECK_ARG(p.out != nullptr, "combine: out is null");
     FULGUR_CHECK_ARG(p.expert_out != nullptr || p.num_expert_rows == 0, "combine: expert_out is null");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 // ----------------------------------------------------------------------------------------------

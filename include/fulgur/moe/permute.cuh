@@ -419,7 +419,7 @@ inline Status permute_sizes_ok(const PermuteParams& p) {
                    "permute: num_experts must be in [1, kMaxExperts]");
   FULGUR_CHECK_ARG(p.num_tokens <= kMaxIndex / p.top_k, "permute: num_tokens * top_k must fit in int32");
   FULGUR_CHECK_ARG(p.num_ranks >= 1 && p.num_experts % p.num_ranks == 0, "permute: num_ranks must divide num_experts");
-  return Status::ok();
+  return Status::success();
 }
 
 struct PermuteWorkspace {
@@ -456,7 +456,7 @@ inline cudaError_t carve_permute_workspace(void* base, const PermuteParams& p, c
 /// topk_ids must lie in [0, E): the kernels assume it (the reference checks it).
 inline Status can_implement(const PermuteParams& p) {
   FULGUR_RETURN_IF_ERROR(validate(p));
-  return Status::ok();
+  return Status::success();
 }
 
 /// Permutation by expert and every view PermuteParams asks for, as reference::moe_permute

@@ -288,7 +288,7 @@ inline Status can_implement(const RouteParams& p) {
     return Status::not_supported("route: no compiled capacity holds num_experts (FULGUR_MOE_ROUTE_CAPACITIES)");
   if (p.num_tokens > static_cast<int64_t>(0x7fffffff) * (detail::kRouteBlockThreads / 32))
     return Status::not_supported("route: num_tokens exceeds the grid");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Routes p.num_tokens tokens: topk_ids, topk_weights and (when set) expert_counts, as

@@ -68,7 +68,7 @@ inline Status can_implement(const RouteParams& r, const PermuteParams& p) {
                    "route_permute: permute's T, k, E must equal route's");
   FULGUR_CHECK_ARG(r.num_tokens == 0 || p.topk_ids == r.topk_ids,
                    "route_permute: permute must read the topk_ids route writes");
-  return Status::ok();
+  return Status::success();
 }
 
 /// route(r) then permute(p) on the ids it writes, fused into one launch when T*k <= 4096 (see

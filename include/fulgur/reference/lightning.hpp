@@ -130,7 +130,7 @@ inline void prefill_driver(const lightning::PrefillParams& p, Run&& run) {
 inline Status check_prefill(const lightning::PrefillParams& p) {
   FULGUR_RETURN_IF_ERROR(lightning::validate(p));
   FULGUR_RETURN_IF_ERROR(lightning::validate_host_arrays(p));
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace lightning_detail
@@ -162,7 +162,7 @@ inline Status lightning_prefill(const lightning::PrefillParams& p) {
       checkpoint(t + 1);
     }
   });
-  return Status::ok();
+  return Status::success();
 }
 
 /// The block form the kernels implement (spec, "Block (chunked) form"), blocks of
@@ -232,7 +232,7 @@ inline Status lightning_prefill_blocked(const lightning::PrefillParams& p, int b
       checkpoint(start + m);
     }
   });
-  return Status::ok();
+  return Status::success();
 }
 
 /// num_steps decode tokens per batch row, in order: S = lambda S + k^T v, o = scale * q S for
@@ -275,7 +275,7 @@ inline Status lightning_decode(const lightning::DecodeParams& p) {
       write_state(S.data(), p.state_layout, dk, dv, slot_state);
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace reference

@@ -197,7 +197,7 @@ inline Status moe_route(const moe::RouteParams& p) {
       if (p.expert_counts) ++p.expert_counts[ids[j]];
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// Permutation by expert (PermuteParams), computed with a stable-sort oracle: the expanded indices
@@ -285,7 +285,7 @@ inline Status moe_permute(const moe::PermuteParams& p) {
       p.local_expert_of_row[r] = e - (e / per_rank) * per_rank;
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// Dispatch (GatherParams): out[r] = (w[t, j] *) hidden[t] for i = row_map[r] = t*k + j, a zero
@@ -311,7 +311,7 @@ inline Status moe_gather(const moe::GatherParams& p) {
       store(p.out, p.out_dtype, r * p.out_row_stride + h, v);
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// Combine (CombineParams): out[t] = sum_{j ascending} w[t, j] * y[row(t, j)]
@@ -350,7 +350,7 @@ inline Status moe_combine(const moe::CombineParams& p) {
     }
     for (int64_t h = 0; h < H; ++h) store(p.out, p.out_dtype, t * p.out_row_stride + h, acc[h]);
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace reference

@@ -108,7 +108,7 @@ inline Status token_drop_score(const token_drop::ScoreParams& p) {
       }
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// Per span: keep_s = keep_count(N, rule, ratio) tokens, N the original length. Token i beats
@@ -141,7 +141,7 @@ inline Status token_drop_select(const token_drop::SelectParams& p) {
     in += n;
   }
   if (p.cu_kept) p.cu_kept[l.num_spans] = out;
-  return Status::ok();
+  return Status::success();
 }
 
 /// Order-preserving compaction: per sequence, every text row and the kept image rows, in their
@@ -205,7 +205,7 @@ inline Status token_drop_compact(const token_drop::CompactParams& p) {
     }
     p.new_cu_seqlens[b + 1] = dst;
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// The host schedule (fulgur/token_drop/schedule.hpp is the product code; this is the same call

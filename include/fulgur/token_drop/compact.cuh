@@ -272,7 +272,7 @@ inline Status can_implement(const CompactParams& p) {
     if (t.width * t.elem_bytes > INT32_MAX) fits = false;
   });
   FULGUR_CHECK_ARG(fits, "token_drop compact: a row tensor row of 2^31 bytes or more");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Compacts the batch (see the top of this file). CUB-style workspace: with workspace == nullptr

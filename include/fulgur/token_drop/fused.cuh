@@ -199,7 +199,7 @@ inline Status can_implement(const ScoreParams& sp, const SelectParams& sel, cons
   if (detail::fused_smem_bytes(sp) > detail::kMaxSmemBytes) {
     return Status::not_supported("token_drop fused: the heads' shared memory exceeds 227 KB");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// score -> select -> compact in one launch for score, selection and map (see the top of this

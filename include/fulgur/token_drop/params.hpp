@@ -227,7 +227,7 @@ inline Status validate_layout_arguments(const BatchLayout& l) {
   FULGUR_CHECK_ARG(l.num_image_tokens >= 0, "token_drop: num_image_tokens must be >= 0");
   FULGUR_CHECK_ARG(l.num_image_tokens <= l.total_rows,
                    "token_drop: num_image_tokens exceeds total_rows");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Reads cu_seqlens, cu_spans, span_start, span_length (host-readable).
@@ -252,7 +252,7 @@ inline Status validate_layout_metadata(const BatchLayout& l) {
     }
     FULGUR_CHECK_ARG(l.num_image_tokens == 0,
                      "token_drop: num_image_tokens must be 0 when there are no spans");
-    return Status::ok();
+    return Status::success();
   }
   FULGUR_CHECK_ARG(l.cu_spans[0] == 0, "token_drop: cu_spans[0] must be 0");
   FULGUR_CHECK_ARG(l.cu_spans[l.batch] == l.num_spans,
@@ -277,11 +277,11 @@ inline Status validate_layout_metadata(const BatchLayout& l) {
   }
   FULGUR_CHECK_ARG(image_tokens == l.num_image_tokens,
                    "token_drop: num_image_tokens must equal the sum of span_length");
-  return Status::ok();
+  return Status::success();
 }
 
 inline Status validate_row_tensor(const RowTensor& t) {
-  if (t.in == nullptr) return Status::ok();
+  if (t.in == nullptr) return Status::success();
   FULGUR_CHECK_ARG(t.out != nullptr, "token_drop: row tensor has an input but no output");
   FULGUR_CHECK_ARG(t.out != t.in, "token_drop: row tensor output must not alias its input");
   FULGUR_CHECK_ARG(t.width >= 0, "token_drop: row tensor width must be >= 0");
@@ -289,7 +289,7 @@ inline Status validate_row_tensor(const RowTensor& t) {
                    "token_drop: row tensor elem_bytes must be 1, 2, 4 or 8");
   FULGUR_CHECK_ARG(t.in_row_stride >= t.width && t.out_row_stride >= t.width,
                    "token_drop: row tensor strides must be >= width");
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace detail
@@ -317,7 +317,7 @@ inline Status validate_arguments(const ScoreParams& p) {
         p.q_row_stride >= 1 && p.q_head_stride >= 1 && p.k_row_stride >= 1 && p.k_head_stride >= 1,
         "token_drop score: q/k row and head strides must be >= 1 (elements)");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// validate_arguments plus the metadata content (host-readable cu_seqlens, spans, queries).
@@ -354,7 +354,7 @@ inline Status validate(const ScoreParams& p) {
                        "token_drop score: query position before the end of an image span");
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// Pointer-free checks of a select launch.
@@ -369,7 +369,7 @@ inline Status validate_arguments(const SelectParams& p) {
                    "token_drop select: scores is null");
   FULGUR_CHECK_ARG(p.num_kept == 0 || p.kept_index != nullptr,
                    "token_drop select: kept_index is null");
-  return Status::ok();
+  return Status::success();
 }
 
 /// validate_arguments plus the metadata content (host-readable layout and original_length).
@@ -388,7 +388,7 @@ inline Status validate(const SelectParams& p) {
   }
   FULGUR_CHECK_ARG(kept == p.num_kept,
                    "token_drop select: num_kept must equal the sum of the spans' keep counts");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Pointer-free checks of a compaction launch.
@@ -428,7 +428,7 @@ inline Status validate_arguments(const CompactParams& p) {
                        "token_drop compact: position_ids_stride must be >= total_rows");
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// validate_arguments plus the metadata content (host-readable layout, kept_index, cu_kept).
@@ -438,7 +438,7 @@ inline Status validate(const CompactParams& p) {
   const BatchLayout& l = p.layout;
   if (l.num_spans == 0) {
     FULGUR_CHECK_ARG(p.num_kept == 0, "token_drop compact: kept tokens given but no spans");
-    return Status::ok();
+    return Status::success();
   }
   FULGUR_CHECK_ARG(p.cu_kept[0] == 0, "token_drop compact: cu_kept[0] must be 0");
   FULGUR_CHECK_ARG(p.cu_kept[l.num_spans] == p.num_kept,
@@ -459,7 +459,7 @@ inline Status validate(const CompactParams& p) {
       prev = p.kept_index[i];
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace token_drop

@@ -79,7 +79,7 @@ inline Status validate(const ScheduleParams& p) {
                        "one (ratios must not grow)");
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// Fills stages[0 .. num_drops] (a host array of num_drops + 1 entries). Bad input: the reason,
@@ -105,7 +105,7 @@ inline Status make_schedule(const ScheduleParams& p, StagePlan* stages) {
     st.seq_len = p.seq_len - st.position_shift;
     stages[s] = st;
   }
-  return Status::ok();
+  return Status::success();
 }
 
 /// The stage that runs `layer` (stages as filled by make_schedule); -1 when no stage does.

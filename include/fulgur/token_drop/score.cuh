@@ -480,7 +480,7 @@ inline Status can_implement(const ScoreParams& p) {
   FULGUR_CHECK_ARG(p.num_kv_heads <= 65535, "token_drop score: num_kv_heads above 65535");
   FULGUR_CHECK_ARG(p.layout.num_spans <= INT32_MAX && p.layout.num_image_tokens <= INT32_MAX,
                    "token_drop score: more than 2^31 spans or image tokens");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Scores every image token of the batch (see the top of this file). CUB-style workspace: with

@@ -150,7 +150,7 @@ inline Status can_implement(const SelectParams& p) {
                    "token_drop select: num_image_tokens must be 0 when there are no spans");
   FULGUR_CHECK_ARG(p.layout.num_spans <= INT32_MAX, "token_drop select: more than 2^31 - 1 spans");
   FULGUR_CHECK_ARG(p.layout.num_image_tokens < (int64_t{1} << 32), "token_drop select: 2^32 or more image tokens");
-  return Status::ok();
+  return Status::success();
 }
 
 /// Selects the kept tokens of every span (see the top of this file); no workspace. Bad arguments:
