@@ -398,6 +398,37 @@ TEST_CASE("permute: workspace query and bad input", "[moe][permute]") {
     DeviceBuffer<unsigned char> ws(bytes);
     CHECK(fm::permute(ws.data(), bytes, p, nullptr, path) == cudaErrorInvalidValue);
   }
+  // The size query reads only T, k, E and R (and the path), and rejects bad values of those with
+  // the launch's code, workspace_bytes untouched; pointers and views are the launch's to check.
+  for (const Bad& b : cases) {
+    const std::string what = b.what;
+    const bool sizes = what == "k = 0" || what == "k = 33" || what == "E = 0" || what == "E = 4097" ||
+                       what == "T < 0" || what == "T*k overflows int32" || what == "ranks do not divide E" ||
+                       what == "ranks 0" || what == "single path too large";
+    if (!sizes) continue;
+    INFO("size query: " << what);
+    fm::PermuteParams p = base();
+    b.edit(p);
+    const auto path = what == "single path too large" ? fm::PermutePath::kSingleBlock : fm::PermutePath::kAuto;
+    size_t bytes = 12345;
+    CHECK(fm::permute(nullptr, bytes, p, nullptr, path) == cudaErrorInvalidValue);
+    CHECK(bytes == 12345);
+  }
+  {
+    size_t bytes = 12345;
+    CHECK(fm::permute(nullptr, bytes, base(), nullptr, static_cast<fm::PermutePath>(7)) == cudaErrorInvalidValue);
+    CHECK(bytes == 12345);
+    fm::PermuteParams sizes_only;  // no pointer set: the query still answers
+    sizes_only.num_tokens = T;
+    sizes_only.top_k = k;
+    sizes_only.num_experts = E;
+    for (auto path : {fm::PermutePath::kAuto, fm::PermutePath::kSingleBlock, fm::PermutePath::kMultiBlock}) {
+      size_t want = 0, got = 0;
+      REQUIRE(fm::permute(nullptr, want, base(), nullptr, path) == cudaSuccess);
+      CHECK(fm::permute(nullptr, got, sizes_only, nullptr, path) == cudaSuccess);
+      CHECK(got == want);
+    }
+  }
   // Too small a workspace.
   {
     size_t bytes = 0;

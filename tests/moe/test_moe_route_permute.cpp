@@ -3,9 +3,11 @@
 // permute() (themselves tested against the references): every output bitwise equal, for the
 // presets, T from 0 to one full block (T*k = 4096) and one token more (the two-launch path), a
 // grouped policy whose key buffers do not fit the fused kernel (two-launch path), the ids also
-// checked against the reference router; workspace query; bad input.
+// checked against the reference router; workspace query; bad input, at the launch and at the
+// workspace query (which validates everything but the pointers).
 #include <functional>
 #include <string>
+#include <utility>
 
 #include "moe_test.hpp"
 
@@ -199,6 +201,108 @@ TEST_CASE("route_permute: bad input", "[moe][route_permute]") {
   CHECK(fm::route_permute(ws.data(), less, r, p, nullptr) == cudaErrorInvalidValue);
   DeviceBuffer<unsigned char> big(bytes + 16);
   CHECK(fm::route_permute(big.data() + 4, bytes, r, p, nullptr) == cudaErrorInvalidValue);  // not 16-byte aligned
+  for (int32_t v : download(d_ids)) CHECK(v == -1);
+  for (int64_t v : download(d_off)) CHECK(v == -1);
+  for (float v : download(d_w)) CHECK(std::isnan(v));
+}
+
+TEST_CASE("route_permute: the workspace query rejects what the launch rejects, pointers aside",
+          "[moe][route_permute]") {
+  const fm::RoutePolicy pol = fm::presets::mixtral();  // E = 8, k = 2
+  auto d_logits = poisoned<float>(16);
+  auto d_ids = poisoned<int32_t>(4);
+  auto d_w = poisoned<float>(4);
+  auto d_off = poisoned<int64_t>(9);
+  fm::RouteParams r;
+  r.policy = pol;
+  r.logits = d_logits.data();
+  r.logits_row_stride = 8;
+  r.num_tokens = 2;
+  r.topk_ids = d_ids.data();
+  r.topk_weights = d_w.data();
+  fm::PermuteParams p;
+  p.topk_ids = d_ids.data();
+  p.num_tokens = 2;
+  p.top_k = 2;
+  p.num_experts = 8;
+  p.expert_first_token_offset = d_off.data();
+  // The query reads no pointer: with none set it still answers (CUB style: size, then allocate).
+  auto without_pointers = [](fm::RouteParams rr, fm::PermuteParams pp) {
+    rr.logits = nullptr, rr.topk_ids = nullptr, rr.topk_weights = nullptr, rr.bias = nullptr;
+    pp.topk_ids = nullptr, pp.expert_first_token_offset = nullptr;
+    return std::make_pair(rr, pp);
+  };
+  {
+    size_t with = 0, without = 0;
+    REQUIRE(fm::route_permute(nullptr, with, r, p, nullptr) == cudaSuccess);
+    const auto np = without_pointers(r, p);
+    REQUIRE(fm::route_permute(nullptr, without, np.first, np.second, nullptr) == cudaSuccess);
+    CHECK(with > 0);
+    CHECK(with == without);
+  }
+  struct Bad {
+    const char* what;
+    cudaError_t want;
+    std::function<void(fm::RouteParams&, fm::PermuteParams&)> edit;
+  };
+  const cudaError_t kInvalid = cudaErrorInvalidValue, kNotSupported = cudaErrorNotSupported;
+  const std::vector<Bad> cases = {
+      {"k > E", kInvalid, [](fm::RouteParams& q, fm::PermuteParams& pp) { q.policy.top_k = pp.top_k = 9; }},
+      {"k > E, two launches", kInvalid,
+       [](fm::RouteParams& q, fm::PermuteParams& pp) {
+         q.policy.top_k = pp.top_k = 9;
+         q.num_tokens = pp.num_tokens = 1000;  // T k > 4096: not the fused path
+       }},
+      {"k = 0", kInvalid, [](fm::RouteParams& q, fm::PermuteParams& pp) { q.policy.top_k = pp.top_k = 0; }},
+      {"topk_group > n_group", kInvalid,
+       [](fm::RouteParams& q, fm::PermuteParams&) {
+         q.policy.n_group = 2;
+         q.policy.topk_group = 3;
+       }},
+      {"n_group does not divide E", kInvalid, [](fm::RouteParams& q, fm::PermuteParams&) { q.policy.n_group = 3; }},
+      {"kept groups hold fewer than k experts", kInvalid,
+       [](fm::RouteParams& q, fm::PermuteParams&) {
+         q.policy.n_group = 8;
+         q.policy.topk_group = 1;
+       }},
+      {"unknown score_func", kInvalid,
+       [](fm::RouteParams& q, fm::PermuteParams&) { q.policy.score_func = static_cast<fm::ScoreFunc>(7); }},
+      {"negative renorm_eps", kInvalid, [](fm::RouteParams& q, fm::PermuteParams&) { q.policy.renorm_eps = -1.0f; }},
+      {"NaN scaling_factor", kInvalid,
+       [](fm::RouteParams& q, fm::PermuteParams&) { q.policy.scaling_factor = std::nanf(""); }},
+      {"T < 0", kInvalid, [](fm::RouteParams& q, fm::PermuteParams& pp) { q.num_tokens = pp.num_tokens = -1; }},
+      {"logits stride below E", kInvalid, [](fm::RouteParams& q, fm::PermuteParams&) { q.logits_row_stride = 7; }},
+      {"unknown logits dtype", kInvalid,
+       [](fm::RouteParams& q, fm::PermuteParams&) { q.logits_dtype = static_cast<DType>(99); }},
+      {"f64 logits (references only)", kNotSupported,
+       [](fm::RouteParams& q, fm::PermuteParams&) { q.logits_dtype = DType::kF64; }},
+      {"E above the router's 1024", kNotSupported,
+       [](fm::RouteParams& q, fm::PermuteParams& pp) {
+         q.policy.num_experts = pp.num_experts = 2048;
+         q.logits_row_stride = 2048;
+       }},
+      {"permute's k differs", kInvalid, [](fm::RouteParams&, fm::PermuteParams& pp) { pp.top_k = 1; }},
+      {"permute's ranks do not divide E", kInvalid, [](fm::RouteParams&, fm::PermuteParams& pp) { pp.num_ranks = 3; }},
+  };
+  for (const Bad& b : cases) {
+    INFO(b.what);
+    fm::RouteParams rr = r;
+    fm::PermuteParams pp = p;
+    b.edit(rr, pp);
+    const fulgur::Status verdict = fm::can_implement(rr, pp);  // what the launch returns
+    CHECK(verdict.code() == b.want);
+    size_t bytes = 12345;
+    CHECK(fm::route_permute(nullptr, bytes, rr, pp, nullptr) == b.want);
+    CHECK(bytes == 12345);  // untouched
+    const auto np = without_pointers(rr, pp);
+    CHECK(fm::route_permute(nullptr, bytes, np.first, np.second, nullptr) == b.want);
+    CHECK(bytes == 12345);
+    if (!verdict.ok()) {  // never launch parameters the launcher would accept: the buffers are small
+      size_t ws_bytes = 1024;
+      DeviceBuffer<unsigned char> ws(ws_bytes);
+      CHECK(fm::route_permute(ws.data(), ws_bytes, rr, pp, nullptr) == b.want);
+    }
+  }
   for (int32_t v : download(d_ids)) CHECK(v == -1);
   for (int64_t v : download(d_off)) CHECK(v == -1);
   for (float v : download(d_w)) CHECK(std::isnan(v));

@@ -305,15 +305,24 @@ inline Status validate(const RoutePolicy& p) {
   return Status::success();
 }
 
-inline Status validate(const RouteParams& p) {
+namespace detail {
+/// The checks of validate(RouteParams) that read no pointer: the policy, T, the dtypes and the
+/// logits stride. route_permute's workspace-size query runs them (before the pointers are set).
+inline Status validate_route_sizes(const RouteParams& p) {
   FULGUR_RETURN_IF_ERROR(validate(p.policy));
   const int32_t E = p.policy.num_experts;
   FULGUR_CHECK_ARG(p.num_tokens >= 0, "route: num_tokens must be >= 0");
-  FULGUR_CHECK_ARG(detail::is_storage_dtype(p.logits_dtype), "route: logits_dtype must be f32, f16, bf16 or f64");
-  FULGUR_CHECK_ARG(detail::is_weight_dtype(p.weights_dtype), "route: weights_dtype must be f32 or bf16");
+  FULGUR_CHECK_ARG(is_storage_dtype(p.logits_dtype), "route: logits_dtype must be f32, f16, bf16 or f64");
+  FULGUR_CHECK_ARG(is_weight_dtype(p.weights_dtype), "route: weights_dtype must be f32 or bf16");
   FULGUR_CHECK_ARG(p.logits_row_stride >= E, "route: logits_row_stride must be >= num_experts");
   FULGUR_CHECK_ARG(p.num_tokens <= INT64_MAX / p.logits_row_stride,
                    "route: num_tokens * logits_row_stride overflows int64");
+  return Status::success();
+}
+}  // namespace detail
+
+inline Status validate(const RouteParams& p) {
+  FULGUR_RETURN_IF_ERROR(detail::validate_route_sizes(p));
   FULGUR_CHECK_ARG(!p.policy.selection_bias || p.bias != nullptr,
                    "route: the policy has a selection bias but bias is null");
   FULGUR_CHECK_ARG(p.policy.selection_bias || p.bias == nullptr,

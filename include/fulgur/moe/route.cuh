@@ -271,6 +271,22 @@ cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
                                   dim3(kRouteBlockThreads), smem, stream, p);
 }
 
+/// The not_supported half of can_implement(RouteParams) (sizes and dtypes only, no pointer read):
+/// what this build's route kernel cannot run. Assumes validate_route_sizes(p) passed.
+inline Status route_supported(const RouteParams& p) {
+  if (p.logits_dtype == DType::kF64) return Status::not_supported("route: f64 logits are for the references only");
+  if (!dtype_compiled(p.logits_dtype))
+    return Status::not_supported("route: this logits dtype is not compiled in (FULGUR_ALLOW_*)");
+  if (p.policy.num_experts > kMaxRouteExperts)
+    return Status::not_supported("route: num_experts above kMaxRouteExperts (1024) is not implemented");
+  if (p.policy.n_group > kMaxRouteGroups) return Status::not_supported("route: n_group above 32 is not implemented");
+  if (route_capacity(p.policy.num_experts) == 0)
+    return Status::not_supported("route: no compiled capacity holds num_experts (FULGUR_MOE_ROUTE_CAPACITIES)");
+  if (p.num_tokens > static_cast<int64_t>(0x7fffffff) * (kRouteBlockThreads / 32))
+    return Status::not_supported("route: num_tokens exceeds the grid");
+  return Status::success();
+}
+
 }  // namespace detail
 
 /// Whether route() runs these parameters. Pure host code: never reads device memory.
@@ -278,16 +294,7 @@ cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
 /// n_group > kMaxRouteGroups, or a dtype / capacity this build leaves out.
 inline Status can_implement(const RouteParams& p) {
   FULGUR_RETURN_IF_ERROR(validate(p));
-  if (p.logits_dtype == DType::kF64) return Status::not_supported("route: f64 logits are for the references only");
-  if (!detail::dtype_compiled(p.logits_dtype))
-    return Status::not_supported("route: this logits dtype is not compiled in (FULGUR_ALLOW_*)");
-  if (p.policy.num_experts > kMaxRouteExperts)
-    return Status::not_supported("route: num_experts above kMaxRouteExperts (1024) is not implemented");
-  if (p.policy.n_group > kMaxRouteGroups) return Status::not_supported("route: n_group above 32 is not implemented");
-  if (detail::route_capacity(p.policy.num_experts) == 0)
-    return Status::not_supported("route: no compiled capacity holds num_experts (FULGUR_MOE_ROUTE_CAPACITIES)");
-  if (p.num_tokens > static_cast<int64_t>(0x7fffffff) * (detail::kRouteBlockThreads / 32))
-    return Status::not_supported("route: num_tokens exceeds the grid");
+  FULGUR_RETURN_IF_ERROR(detail::route_supported(p));
   return Status::success();
 }
 

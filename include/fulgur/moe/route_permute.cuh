@@ -57,6 +57,24 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads, 1) route_permute_kernel(co
   }
 }
 
+inline Status route_permute_shapes_match(const RouteParams& r, const PermuteParams& p) {
+  FULGUR_CHECK_ARG(p.num_tokens == r.num_tokens && p.top_k == r.policy.top_k && p.num_experts == r.policy.num_experts,
+                   "route_permute: permute's T, k, E must equal route's");
+  return Status::success();
+}
+
+/// The checks of can_implement(r, p) that read no pointer, which the workspace-size query runs:
+/// the routing policy and route's sizes, dtypes and limits (the same functions as the launch,
+/// so the same codes: invalid, or not_supported for E > 1024 and the like), permute's sizes,
+/// and the T, k, E match.
+inline Status route_permute_sizes_ok(const RouteParams& r, const PermuteParams& p) {
+  FULGUR_RETURN_IF_ERROR(validate_route_sizes(r));
+  FULGUR_RETURN_IF_ERROR(route_supported(r));
+  FULGUR_RETURN_IF_ERROR(permute_sizes_ok(p));
+  FULGUR_RETURN_IF_ERROR(route_permute_shapes_match(r, p));
+  return Status::success();
+}
+
 }  // namespace detail
 
 /// Whether route_permute() runs these parameters (host only): can_implement of both operations,
@@ -64,8 +82,7 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads, 1) route_permute_kernel(co
 inline Status can_implement(const RouteParams& r, const PermuteParams& p) {
   FULGUR_RETURN_IF_ERROR(can_implement(r));
   FULGUR_RETURN_IF_ERROR(can_implement(p));
-  FULGUR_CHECK_ARG(p.num_tokens == r.num_tokens && p.top_k == r.policy.top_k && p.num_experts == r.policy.num_experts,
-                   "route_permute: permute's T, k, E must equal route's");
+  FULGUR_RETURN_IF_ERROR(detail::route_permute_shapes_match(r, p));
   FULGUR_CHECK_ARG(r.num_tokens == 0 || p.topk_ids == r.topk_ids,
                    "route_permute: permute must read the topk_ids route writes");
   return Status::success();
@@ -73,17 +90,23 @@ inline Status can_implement(const RouteParams& r, const PermuteParams& p) {
 
 /// route(r) then permute(p) on the ids it writes, fused into one launch when T*k <= 4096 (see
 /// the header comment); identical outputs either way. CUB style for the permutation's workspace:
-/// a null workspace stores the bytes needed in workspace_bytes (only sizes are read) and
-/// returns. No allocation, no synchronization; bad input returns the documented error and writes
-/// nothing.
+/// a null workspace stores the bytes needed in workspace_bytes and returns. The size query reads
+/// no pointer, but runs the launch's own checks of everything else it reads: the routing policy,
+/// route's T, dtypes, stride and limits, permute's sizes and the T, k, E match
+/// (detail::route_permute_sizes_ok), so a bad policy gets the launch's code there too, with
+/// workspace_bytes untouched. Pointers, and the views they switch on (bias, tile-padded and masked
+/// outputs), are checked at the launch. No allocation, no synchronization; bad input returns the
+/// documented error and writes nothing.
 inline cudaError_t route_permute(void* workspace, size_t& workspace_bytes, const RouteParams& r, const PermuteParams& p,
                                  cudaStream_t stream = nullptr) {
+  if (workspace == nullptr) {
+    const Status s = detail::route_permute_sizes_ok(r, p);
+    if (!s) return s.code();
+  }
   const bool fused = detail::fused_route_permute_fits(r) && r.num_tokens == p.num_tokens && r.policy.top_k == p.top_k &&
                      detail::route_capacity(r.policy.num_experts) != 0;
   if (workspace == nullptr) {
     if (fused) {
-      const Status s = detail::permute_sizes_ok(p);
-      if (!s) return s.code();
       workspace_bytes = ::fulgur::detail::WorkspaceCarver::kAlignment;
       return cudaSuccess;
     }
