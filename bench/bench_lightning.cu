@@ -88,7 +88,7 @@ cudaError_t make_tensors(Tensors& t, int64_t rows, int H, int64_t slots, uint64_
   return fill(t.state.data(), slots * H * kD * kD, seed + 3, Dist::kNormal, 0.1f);
 }
 
-void bench_prefill(benchmark::State& st, int H, int64_t N, int seqs, bool varlen) {
+void bench_prefill(benchmark::State& st, int H, int64_t N, int seqs, bool varlen, int32_t segment_tokens = 0) {
   const std::vector<int32_t> lens = seq_lengths(N, seqs, varlen);
   const int B = static_cast<int>(lens.size());
   const Cost cost = prefill_cost(H, N, B);
@@ -111,6 +111,7 @@ void bench_prefill(benchmark::State& st, int H, int64_t N, int seqs, bool varlen
     p.num_tokens = N;
     p.cu_seqlens = d_cu.data();
     p.max_seqlen = *std::max_element(lens.begin(), lens.end());
+    p.segment_tokens = segment_tokens;
     p.num_heads = H;
     p.dk = p.dv = kD;
     p.qkv_dtype = p.o_dtype = fulgur::DType::kBF16;
@@ -211,6 +212,20 @@ void register_all() {
     add(
         "lightning.prefill/H=" + std::to_string(H) + "/d=128/N=32768/seqs=varlen" + std::to_string(nv),
         prefill_cost(H, N, nv), [H, N](benchmark::State& s) { bench_prefill(s, H, N, 0, true); }, extra);
+  }
+  // The per-call segment length (PrefillParams::segment_tokens; default 1024) at the headline
+  // length: fewer, longer segments read k and v a second time for fewer tokens but give fewer
+  // CTAs; 32768 turns segments off. The same bytes and floor as the default-length shape.
+  for (int H : {8, 64}) {
+    for (int seqs : {1, 4}) {
+      for (int32_t seg : {2048, 4096, 32768}) {
+        const int64_t N = 32768;
+        add("lightning.prefill/H=" + std::to_string(H) + "/d=128/N=32768/seqs=" + std::to_string(seqs) +
+                "/seg=" + std::to_string(seg),
+            prefill_cost(H, N, seqs),
+            [H, N, seqs, seg](benchmark::State& s) { bench_prefill(s, H, N, seqs, false, seg); });
+      }
+    }
   }
   for (int H : {8, 64}) {
     for (int64_t B : {1, 16, 64, 256}) {

@@ -46,6 +46,8 @@ def seq_lens(case: Case) -> list[int]:
 
 
 def peers_for(case: Case) -> list[str]:
+    if "seg" in case.params:
+        return []  # a fulgur tuning variant of the shape without /seg=: the peers run there
     if case.op == "prefill":
         out = ["torch", "fla.chunk_simple_gla"]
         if "lens" not in case.params:

@@ -6,7 +6,9 @@
 // checkpoints inside and at the ends of segments, two-term inputs; against the fp64 recurrence
 // (tolerances: lt_test::tolerance_for), plus determinism and batch invariance, bitwise.
 // The default segment length (1024) runs in test_lightning_prefill (4096 tokens) and
-// test_lightning_drift (65,536 tokens).
+// test_lightning_drift (65,536 tokens). The per-call length (PrefillParams::segment_tokens):
+// other lengths against the reference, the build's length given explicitly equal to the default
+// bit for bit, invariance at a per-call length.
 #include "lightning_test.hpp"
 
 using namespace lt_test;
@@ -84,6 +86,50 @@ TEST_CASE("lightning prefill segments: deterministic and batch invariant (bitwis
   }
 }
 
+TEST_CASE("lightning prefill segments: the segment length set per call", "[lightning]") {
+  Rng rng("segments per call");
+  FULGUR_INFO_SEED(rng);
+  PrefillCase c;
+  c.d = 64;
+  c.H = 2;
+  c.out = DType::kF32;
+  c.lens = light() ? std::vector<int>{200, 0, 70} : std::vector<int>{0, 1, 129, 200, 450, 64};
+  c.ckpt_interval = 64;
+  const PrefillProblem pb(c, rng);
+  const PrefillResult ref = pb.run_reference();
+  const PrefillResult dflt = pb.run_kernel();
+  // 64 (a segment per block), 192 (not a power of two), 256, and 4096 (every sequence one segment).
+  for (int32_t L : {64, 192, 256, 4096}) {
+    INFO("segment_tokens " << L);
+    const PrefillResult got = pb.run_kernel([L](lt::PrefillParams& p) { p.segment_tokens = L; });
+    REQUIRE(got.err == cudaSuccess);
+    REQUIRE(got.device_status == lt::PrefillArrayError::kOk);
+    const Worst w = compare(pb, got, ref, tolerance_for(c.out));
+    WARN("segment_tokens " << L << ": worst rel RMSE o " << w.o << ", state " << w.state << "; o bitwise "
+                           << (got.o == dflt.o ? "equal to" : "different from") << " the default length's");
+  }
+  // The build's length given explicitly is the default path: the same bits.
+  const PrefillResult same = pb.run_kernel([](lt::PrefillParams& p) {
+    p.segment_tokens = static_cast<int32_t>(lt::kSegmentTokens);
+  });
+  CHECK(same.o == dflt.o);
+  CHECK(std::memcmp(same.pool.data(), dflt.pool.data(), same.pool.size() * 4) == 0);
+  CHECK(std::memcmp(same.ckpt.data(), dflt.ckpt.data(), same.ckpt.size() * 4) == 0);
+  // Batch invariance holds for a per-call length too: each sequence alone gives its batch bits.
+  auto with192 = [](lt::PrefillParams& p) { p.segment_tokens = 192; };
+  const PrefillResult all = pb.run_kernel(with192);
+  const size_t es = fulgur::dtype_size(c.out);
+  for (int s = 0; s < pb.B; ++s) {
+    const PrefillResult r = pb.single(s).run_kernel(with192);
+    REQUIRE(r.err == cudaSuccess);
+    INFO("sequence " << s);
+    const size_t row_bytes = static_cast<size_t>(pb.o_stride_token()) * es;
+    CHECK(std::memcmp(r.o.data(), all.o.data() + pb.cu[s] * row_bytes, c.lens[s] * row_bytes) == 0);
+    const int64_t n = pb.slot_stride();
+    CHECK(std::memcmp(r.pool.data(), all.pool.data() + pb.slots[s] * n, n * 4) == 0);
+  }
+}
+
 TEST_CASE("lightning prefill segments: workspace size", "[lightning]") {
   lt::PrefillParams p;
   p.batch_size = 3;
@@ -95,4 +141,8 @@ TEST_CASE("lightning prefill segments: workspace size", "[lightning]") {
   CHECK(lt::prefill_workspace_bytes(p) <= states + 4 * 256 + 64 * 4);
   p.num_tokens = 127;  // no sequence can span two segments: only the small arrays
   CHECK(lt::prefill_workspace_bytes(p) <= 4 * 256);
+  p.num_tokens = 1000;
+  p.segment_tokens = 256;  // a per-call length: floor(1000 / 256) = 3 slots
+  CHECK(lt::prefill_workspace_bytes(p) >= 2 * 3 * size_t{2 * 64 * 64} * sizeof(float));
+  CHECK(lt::prefill_workspace_bytes(p) < states);
 }

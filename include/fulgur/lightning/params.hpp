@@ -57,6 +57,13 @@ struct PrefillParams {
                                         // their initial state (zero if has_initial_state is 0)
   int32_t max_seqlen = 0;               // optional hint for grid sizing: an upper bound on every
                                         // sequence length; 0 = unknown (kernels use num_tokens)
+  int32_t segment_tokens = 0;           // performance option: sequences longer than this are cut
+                                        // into segments of this many tokens that run in parallel
+                                        // (docs/design/lightning.md, "Segments"); 0 = the build's
+                                        // default (FULGUR_LIGHTNING_SEGMENT_TOKENS, 1024), else a
+                                        // multiple of 64. Results differ between values only by
+                                        // fp32 rounding; for one value they are deterministic and
+                                        // batch invariant (the cut depends on the sequence alone)
 
   // ---- shape ---------------------------------------------------------------------------------
   int32_t num_heads = 0;  // H > 0 (heads on this rank)
@@ -188,6 +195,8 @@ inline Status validate(const PrefillParams& p) {
                    "lightning prefill: num_tokens must fit int32 "
                    "(cu_seqlens are int32)");
   FULGUR_CHECK_ARG(p.max_seqlen >= 0, "lightning prefill: max_seqlen must be >= 0 (0 = unknown)");
+  FULGUR_CHECK_ARG(p.segment_tokens >= 0 && p.segment_tokens % 64 == 0,
+                   "lightning prefill: segment_tokens must be 0 (default) or a positive multiple of 64");
   FULGUR_CHECK_ARG(p.num_heads > 0, "lightning prefill: num_heads must be positive");
   FULGUR_CHECK_ARG(p.dk > 0, "lightning prefill: dk must be positive");
   FULGUR_CHECK_ARG(p.dv > 0, "lightning prefill: dv must be positive");

@@ -10,7 +10,8 @@
 //
 // Design (docs/design/lightning.md has the derivations and the FLOP/byte counts):
 //  - Work item = one segment of one sequence and one head: a sequence of at most
-//    kSegmentTokens (1024) tokens is one segment; a longer one is cut into segments of that
+//    L tokens is one segment (L = PrefillParams::segment_tokens, default kSegmentTokens = 1024); a
+//    longer one is cut into segments of that
 //    length, which run in parallel: a first kernel computes each non-last segment's own state
 //    contribution D_i = sum_j lambda^{L-1-j} k_j^T v_j from zero, a scan chains them
 //    (S_{i+1} = lambda^L S_i + D_i), and the main kernel then runs every segment from its start
@@ -133,10 +134,11 @@ FULGUR_KERNEL void __launch_bounds__(kCheckThreads)
   for (int64_t k = tid; k < groups; k += kCheckThreads) part_owner[k] = -1;
   __syncthreads();
   if (worst != 0x7fffffff) return;
+  const int64_t L = segment_tokens(p);
   for (int32_t b = tid; b < B; b += kCheckThreads) {
     const int64_t n = cu[b + 1] - cu[b];
-    const int64_t group = cu[b] / kSegmentTokens;
-    const int64_t nseg = segment_count(n);
+    const int64_t group = cu[b] / L;
+    const int64_t nseg = segment_count(n, L);
     for (int64_t i = 0; i < nseg; ++i) seg_owner[b + group + i] = b;
     for (int64_t i = 0; i + 1 < nseg; ++i) part_owner[group + i] = b;
   }
@@ -533,7 +535,7 @@ struct PrefillKernel {
   }
 
   /// Main kernel (kStateOnly = false): one work item = one segment of one sequence (the whole
-  /// sequence when it is at most kSegmentTokens long) and one head: O for its tokens, the
+  /// sequence when it is at most segment_tokens(p) long) and one head: O for its tokens, the
   /// checkpoints that fall in it, and, for the last segment, the final state into the pool.
   /// Segment-state kernel (kStateOnly = true): one work item = a segment that is not its
   /// sequence's last, from a zero state: its own contribution sum_j lambda^{L-1-j} k_j^T v_j
@@ -562,12 +564,12 @@ struct PrefillKernel {
     // registers free for the 64 state accumulators (offsets are formed in int64 where used).
     const int32_t row0 = p.cu_seqlens[b];
     const int32_t n = p.cu_seqlens[b + 1] - row0;
-    const int32_t group = row0 / static_cast<int32_t>(kSegmentTokens);  // first workspace slot of this sequence
+    const int32_t L = static_cast<int32_t>(segment_tokens(p));  // a multiple of 64 (validate)
+    const int32_t group = row0 / L;  // first workspace slot of this sequence
     const int32_t seg = static_cast<int32_t>(kStateOnly ? item - group : item - b - group);
-    const int32_t nseg = static_cast<int32_t>(segment_count(n));
-    const int32_t seg_begin = seg * static_cast<int32_t>(kSegmentTokens);
-    const int32_t seg_end =
-        nseg == 1 ? n : (n - seg_begin > kSegmentTokens ? seg_begin + static_cast<int32_t>(kSegmentTokens) : n);
+    const int32_t nseg = static_cast<int32_t>(segment_count(n, L));
+    const int32_t seg_begin = seg * L;
+    const int32_t seg_end = nseg == 1 ? n : (n - seg_begin > L ? seg_begin + L : n);
     const int64_t head_elems = int64_t{kD} * kD;
     const int64_t slot_elems = int64_t{p.num_heads} * head_elems;  // one workspace slot, all heads
     const int32_t slot = p.slot_ids[b];
@@ -672,14 +674,15 @@ FULGUR_KERNEL void __launch_bounds__(256) prefill_scan_kernel(PrefillParams p, P
   const int h = static_cast<int>(blockIdx.y);
   const int64_t row0 = p.cu_seqlens[b];
   const int64_t n = p.cu_seqlens[b + 1] - row0;
-  const int64_t nseg = segment_count(n);
+  const int64_t L = segment_tokens(p);
+  const int64_t nseg = segment_count(n, L);
   if (nseg == 1) return;
   const int e = (static_cast<int>(blockIdx.z) * 256 + static_cast<int>(threadIdx.x)) * 4;  // [dv][dk] element
   if (e >= kD * kD) return;
   const int dv = e / kD, dk = e % kD;
   const int64_t head_elems = int64_t{kD} * kD;
   const int64_t slot_elems = int64_t{p.num_heads} * head_elems;
-  const int64_t group = row0 / kSegmentTokens;
+  const int64_t group = row0 / L;
 
   float4 carry = make_float4(0.f, 0.f, 0.f, 0.f);
   const int32_t slot = p.slot_ids[b];
@@ -695,7 +698,7 @@ FULGUR_KERNEL void __launch_bounds__(256) prefill_scan_kernel(PrefillParams p, P
   }
   *reinterpret_cast<float4*>(extra.first_state + group * slot_elems + h * head_elems + e) = carry;
 
-  const double x = exp(-static_cast<double>(p.slopes[h]) * static_cast<double>(kSegmentTokens));
+  const double x = exp(-static_cast<double>(p.slopes[h]) * static_cast<double>(L));
   const float dhi = static_cast<float>(x);
   const float dlo = static_cast<float>(x - static_cast<double>(dhi));
   for (int64_t i = 0; i + 1 < nseg; ++i) {

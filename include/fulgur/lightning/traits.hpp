@@ -29,7 +29,8 @@
 /// this length (counted from its first token in the call), processed in parallel and stitched
 /// together through their states (docs/design/lightning.md, "Segments"). A multiple of 64. The cut
 /// depends only on the sequence itself, never on the rest of the batch, so results stay batch
-/// invariant. Overridable at build time (the tests use a small value to exercise it cheaply).
+/// invariant. The default of PrefillParams::segment_tokens (which a call may set); overridable at
+/// build time (the segment tests use a small value to exercise it cheaply).
 #ifndef FULGUR_LIGHTNING_SEGMENT_TOKENS
 #define FULGUR_LIGHTNING_SEGMENT_TOKENS 1024
 #endif
@@ -41,9 +42,14 @@ constexpr int64_t kSegmentTokens = FULGUR_LIGHTNING_SEGMENT_TOKENS;
 static_assert(kSegmentTokens >= 64 && kSegmentTokens % 64 == 0,
               "FULGUR_LIGHTNING_SEGMENT_TOKENS must be a positive multiple of 64");
 
-/// Number of segments of a sequence of n tokens (1 for n <= kSegmentTokens, including n = 0).
-FULGUR_HOST_DEVICE inline int64_t segment_count(int64_t n) {
-  return n <= kSegmentTokens ? 1 : (n + kSegmentTokens - 1) / kSegmentTokens;
+/// The segment length L a call uses: p.segment_tokens, or kSegmentTokens when that is 0.
+FULGUR_HOST_DEVICE inline int64_t segment_tokens(const PrefillParams& p) {
+  return p.segment_tokens > 0 ? int64_t{p.segment_tokens} : kSegmentTokens;
+}
+
+/// Number of segments of a sequence of n tokens with segments of L (1 for n <= L, including n = 0).
+FULGUR_HOST_DEVICE inline int64_t segment_count(int64_t n, int64_t L) {
+  return n <= L ? 1 : (n + L - 1) / L;
 }
 
 // ---- tiles -------------------------------------------------------------------------------------
@@ -118,7 +124,7 @@ enum class PrefillArrayError : int32_t {
 
 namespace detail {
 /// The prefill workspace, carved the same way for the size query and the launch. With
-/// L = kSegmentTokens and G = floor(T / L) (T = num_tokens):
+/// L = segment_tokens(p) and G = floor(T / L) (T = num_tokens):
 ///   status       int32[4]    PrefillArrayError of this call in element 0
 ///   ckpt_base    int32[B+1]  first checkpoint row of each sequence (packed layout only)
 ///   seg_owner    int32[B+G+1] work item -> sequence of the main kernel (-1: no work)
@@ -142,7 +148,7 @@ struct PrefillWorkspace {
   int64_t seg_items = 0;  // B + G + 1
   static PrefillWorkspace carve(Carver& c, const PrefillParams& p) {
     PrefillWorkspace w;
-    w.groups = p.num_tokens / kSegmentTokens;
+    w.groups = p.num_tokens / segment_tokens(p);
     w.seg_items = int64_t{p.batch_size} + w.groups + 1;
     w.status = c.template take<int32_t>(4);
     const bool packed_ckpt = p.checkpoints != nullptr && p.checkpoint_offsets == nullptr;
@@ -188,7 +194,7 @@ inline Status check_qkv_alignment(const P& p, bool any_rows, const char* what_pt
 }  // namespace detail
 
 /// Bytes of workspace prefill() needs for these parameters (also what a null-workspace call
-/// reports): about 2 * floor(num_tokens / kSegmentTokens) * H * dk * dv * 4 bytes for the
+/// reports): about 2 * floor(num_tokens / L) * H * dk * dv * 4 bytes (L = segment_tokens(p)) for the
 /// segment states (0 when no sequence can be longer than a segment), plus a few small arrays.
 /// Always at least 256: the device status word lives there.
 inline size_t prefill_workspace_bytes(const PrefillParams& p) {
@@ -218,7 +224,7 @@ inline Status can_implement(const PrefillParams& p) {
     return Status::not_supported("lightning prefill: o_dtype must be bf16, f16 or f32");
   }
   FULGUR_CHECK_ARG(p.num_heads <= 65535, "lightning prefill: num_heads must be <= 65535 (grid y)");
-  FULGUR_CHECK_ARG(int64_t{p.batch_size} + p.num_tokens / kSegmentTokens + 1 <= INT32_MAX,
+  FULGUR_CHECK_ARG(int64_t{p.batch_size} + p.num_tokens / segment_tokens(p) + 1 <= INT32_MAX,
                    "lightning prefill: batch_size + num_tokens / segment length must fit the grid");
   FULGUR_RETURN_IF_ERROR(detail::check_qkv_alignment(p, p.num_tokens > 0,
                                                      "lightning prefill: q, k, v must be 16-byte aligned",
