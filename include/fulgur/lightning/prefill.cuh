@@ -701,14 +701,27 @@ FULGUR_KERNEL void __launch_bounds__(256) prefill_scan_kernel(PrefillParams p, P
   const double x = exp(-static_cast<double>(p.slopes[h]) * static_cast<double>(L));
   const float dhi = static_cast<float>(x);
   const float dlo = static_cast<float>(x - static_cast<double>(dhi));
-  for (int64_t i = 0; i + 1 < nseg; ++i) {
-    float4* slot_ptr = reinterpret_cast<float4*>(extra.seg_state + (group + i) * slot_elems + h * head_elems + e);
-    const float4 d = *slot_ptr;
-    carry.x = fmaf(carry.x, dhi, fmaf(carry.x, dlo, d.x));
-    carry.y = fmaf(carry.y, dhi, fmaf(carry.y, dlo, d.y));
-    carry.z = fmaf(carry.z, dhi, fmaf(carry.z, dlo, d.z));
-    carry.w = fmaf(carry.w, dhi, fmaf(carry.w, dlo, d.w));
-    *slot_ptr = carry;
+  // The chain is serial in carry, but the D_i it reads are not: load kAhead of them before
+  // chaining and storing them, so a long sequence waits for memory once per kAhead segments
+  // instead of once per segment (the same arithmetic in the same order: the same bits).
+  constexpr int kAhead = 8;
+  float* const base = extra.seg_state + group * slot_elems + h * head_elems + e;
+  for (int64_t i0 = 0; i0 + 1 < nseg; i0 += kAhead) {
+    float4 d[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (i0 + j + 1 < nseg) d[j] = *reinterpret_cast<const float4*>(base + (i0 + j) * slot_elems);
+    }
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (i0 + j + 1 < nseg) {
+        carry.x = fmaf(carry.x, dhi, fmaf(carry.x, dlo, d[j].x));
+        carry.y = fmaf(carry.y, dhi, fmaf(carry.y, dlo, d[j].y));
+        carry.z = fmaf(carry.z, dhi, fmaf(carry.z, dlo, d[j].z));
+        carry.w = fmaf(carry.w, dhi, fmaf(carry.w, dlo, d[j].w));
+        *reinterpret_cast<float4*>(base + (i0 + j) * slot_elems) = carry;
+      }
+    }
   }
 }
 
