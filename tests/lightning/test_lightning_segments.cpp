@@ -27,6 +27,21 @@ Worst check_case(const PrefillCase& c, const std::string& name) {
   return compare(pb, got, ref, tolerance_for(c.out));
 }
 
+/// Batch invariance, bitwise: each sequence run alone (with the same `mutate` of the params)
+/// gives the o rows and the pool slot it gets inside the batch result `all`.
+template <typename Mutate>
+void check_batch_invariant(const PrefillProblem& pb, const PrefillResult& all, Mutate&& mutate) {
+  const size_t row_bytes = static_cast<size_t>(pb.o_stride_token()) * fulgur::dtype_size(pb.c.out);
+  const int64_t n = pb.slot_stride();
+  for (int s = 0; s < pb.B; ++s) {
+    const PrefillResult r = pb.single(s).run_kernel(mutate);
+    REQUIRE(r.err == cudaSuccess);
+    INFO("sequence " << s);
+    CHECK(std::memcmp(r.o.data(), all.o.data() + pb.cu[s] * row_bytes, pb.c.lens[s] * row_bytes) == 0);
+    CHECK(std::memcmp(r.pool.data(), all.pool.data() + pb.slots[s] * n, n * 4) == 0);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("lightning prefill segments: lengths around the segment edges, slots, checkpoints", "[lightning]") {
@@ -73,17 +88,7 @@ TEST_CASE("lightning prefill segments: deterministic and batch invariant (bitwis
   CHECK(a.o == b.o);
   CHECK(std::memcmp(a.pool.data(), b.pool.data(), a.pool.size() * 4) == 0);
   CHECK(std::memcmp(a.ckpt.data(), b.ckpt.data(), a.ckpt.size() * 4) == 0);
-  const size_t es = fulgur::dtype_size(c.out);
-  for (int s = 0; s < pb.B; ++s) {
-    const PrefillProblem one = pb.single(s);
-    const PrefillResult r = one.run_kernel();
-    REQUIRE(r.err == cudaSuccess);
-    INFO("sequence " << s);
-    const size_t row_bytes = static_cast<size_t>(pb.o_stride_token()) * es;
-    CHECK(std::memcmp(r.o.data(), a.o.data() + pb.cu[s] * row_bytes, c.lens[s] * row_bytes) == 0);
-    const int64_t n = pb.slot_stride();
-    CHECK(std::memcmp(r.pool.data(), a.pool.data() + pb.slots[s] * n, n * 4) == 0);
-  }
+  check_batch_invariant(pb, a, [](lt::PrefillParams&) {});
 }
 
 TEST_CASE("lightning prefill segments: the segment length set per call", "[lightning]") {
@@ -117,17 +122,7 @@ TEST_CASE("lightning prefill segments: the segment length set per call", "[light
   CHECK(std::memcmp(same.ckpt.data(), dflt.ckpt.data(), same.ckpt.size() * 4) == 0);
   // Batch invariance holds for a per-call length too: each sequence alone gives its batch bits.
   auto with192 = [](lt::PrefillParams& p) { p.segment_tokens = 192; };
-  const PrefillResult all = pb.run_kernel(with192);
-  const size_t es = fulgur::dtype_size(c.out);
-  for (int s = 0; s < pb.B; ++s) {
-    const PrefillResult r = pb.single(s).run_kernel(with192);
-    REQUIRE(r.err == cudaSuccess);
-    INFO("sequence " << s);
-    const size_t row_bytes = static_cast<size_t>(pb.o_stride_token()) * es;
-    CHECK(std::memcmp(r.o.data(), all.o.data() + pb.cu[s] * row_bytes, c.lens[s] * row_bytes) == 0);
-    const int64_t n = pb.slot_stride();
-    CHECK(std::memcmp(r.pool.data(), all.pool.data() + pb.slots[s] * n, n * 4) == 0);
-  }
+  check_batch_invariant(pb, pb.run_kernel(with192), with192);
 }
 
 TEST_CASE("lightning prefill segments: workspace size", "[lightning]") {
