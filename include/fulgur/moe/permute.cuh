@@ -9,15 +9,18 @@
 //     (expert, i) pairs stably (primitives::BlockRadixSort, 4-bit passes over bit_width(E) bits),
 //     so sorted position == permuted row; expert offsets come from the segment heads, a block
 //     scan of the tile-padded counts gives the tile view, and every view is written by that block.
-//   multi block (any T*k): chunks of kScatterChunk = 1024 rows.
+//   multi block (any T*k): chunks of kScatterChunk = 1024 rows, two kernels (and a 4-byte
+//   memset of the ticket): every launch costs a few microseconds of a call that moves well under
+//   a megabyte, so the count table's scan and the per-expert outputs ride on the count kernel.
 //     1. count:    per-chunk expert histogram (shared-memory integer atomics), written
 //                  expert-major to the workspace as counts[e * B + b]; expert-parallel per-chunk
-//                  rank counts; token_in_rank for the chunk's tokens;
-//     2. scan:     exclusive sum over the E*B counts (CUB DeviceScan; Thrust under emulation):
-//                  entry (e, b) becomes the first permuted row of chunk b's rows of expert e;
-//     3. finalize: one block: expert offsets, tile-padded starts, tile ids, padding sentinels,
-//                  masked counts and overflow, rank send counts;
-//     4. scatter:  each chunk sorts its rows stably by expert again; a row's permuted row is its
+//                  rank counts; token_in_rank for the chunk's tokens. Then each block takes a
+//                  ticket (atomicAdd after a __threadfence); the block that takes the last one
+//                  sees every count and, alone: scans the E*B counts in place (entry (e, b)
+//                  becomes the first permuted row of chunk b's rows of expert e; integers, so
+//                  the same values in any order), then the expert offsets, tile-padded starts,
+//                  tile ids, padding sentinels, masked counts and overflow, rank send counts;
+//     2. scatter:  each chunk sorts its rows stably by expert again; a row's permuted row is its
 //                  (e, b) start plus its rank inside its segment (block max-scan of the heads);
 //                  every per-row output is written once; masked sentinels grid-stride.
 //
@@ -34,7 +37,6 @@
 #include "fulgur/moe/common.cuh"
 #include "fulgur/moe/params.hpp"
 #include "fulgur/primitives/block.cuh"
-#include "fulgur/primitives/device.cuh"
 #include "fulgur/primitives/sort.cuh"
 
 FULGUR_NAMESPACE_BEGIN
@@ -300,10 +302,44 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads) permute_single_kernel(cons
 
 // ---- multi block -------------------------------------------------------------------------------
 
+/// Exclusive prefix sum of a[0, n) in place, by the calling block (kPermuteThreads threads), in
+/// tiles of kPermuteThreads * 8 entries with a running carry. Ends with a barrier.
+FULGUR_DEVICE inline void block_exclusive_sum_inplace(int32_t* a, int64_t n, PermuteScan::TempStorage& scan) {
+  constexpr int kItems = 8;
+  const int tid = static_cast<int>(threadIdx.x);
+  int32_t carry = 0;
+  for (int64_t base = 0; base < n; base += static_cast<int64_t>(kPermuteThreads) * kItems) {
+    int32_t v[kItems], out[kItems];
+    FULGUR_UNROLL
+    for (int i = 0; i < kItems; ++i) {
+      const int64_t q = base + tid * kItems + i;
+      v[i] = q < n ? a[q] : 0;
+    }
+    int32_t total = 0;
+    PermuteScan(scan).exclusive_sum(v, out, total);
+    FULGUR_UNROLL
+    for (int i = 0; i < kItems; ++i) {
+      const int64_t q = base + tid * kItems + i;
+      if (q < n) a[q] = carry + out[i];
+    }
+    carry += total;
+    __syncthreads();  // the scan storage is reused by the next tile; the sums are visible to all
+  }
+}
+
+/// Count kernel of the multi-block path; its last block (ticket: *ticket must be 0 at launch)
+/// scans the count table in place and writes the per-expert outputs, ws_off and ws_pad.
 template <int kUnused = 0>
 FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
-    permute_count_kernel(const PermuteParams p, int32_t* block_counts, int32_t* block_rank_counts, int32_t B) {
-  __shared__ int32_t hist[kMaxExperts];
+    permute_count_kernel(const PermuteParams p, int32_t* block_counts, int32_t* block_rank_counts, int32_t B,
+                         unsigned* ticket, int32_t* ws_off, int32_t* ws_pad) {
+  __shared__ union {
+    int32_t hist[kMaxExperts];
+    int32_t off[kMaxExperts + 1];
+  } u;
+  __shared__ PermuteScan::TempStorage scan;
+  __shared__ int finisher;
+  int32_t* const hist = u.hist;
   const int tid = static_cast<int>(threadIdx.x);
   const int E = p.num_experts;
   const int64_t N = p.num_tokens * p.top_k;
@@ -338,23 +374,26 @@ FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
     if (t1 > p.num_tokens) t1 = p.num_tokens;
     if (t0 < t1) write_token_in_rank(p, t0, t1);
   }
-}
 
-template <int kUnused = 0>
-FULGUR_KERNEL void __launch_bounds__(kPermuteThreads)
-    permute_finalize_kernel(const PermuteParams p, const int32_t* block_offsets, const int32_t* block_rank_counts,
-                            int32_t B, int32_t* ws_off, int32_t* ws_pad) {
-  __shared__ PermuteSmem smem;
-  const int tid = static_cast<int>(threadIdx.x);
-  const int E = p.num_experts;
-  for (int e = tid; e < E; e += kPermuteThreads) smem.off[e] = block_offsets[e * static_cast<int64_t>(B)];
-  if (tid == 0) smem.off[E] = static_cast<int32_t>(p.num_tokens * p.top_k);
-  finalize_experts(p, smem.off, ws_pad, false, smem.scan);
-  for (int e = tid; e <= E; e += kPermuteThreads) ws_off[e] = smem.off[e];
+  // The last block to finish sees every chunk's counts: its ticket comes after every other
+  // block's __threadfence (and its own fence orders its reads after the ticket).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) finisher = atomicAdd(ticket, 1u) == static_cast<unsigned>(B) - 1u ? 1 : 0;
+  __syncthreads();
+  if (!finisher) return;
+  __threadfence();
+
+  block_exclusive_sum_inplace(block_counts, static_cast<int64_t>(E) * B, scan);
+  int32_t* const off = u.off;  // hist is dead: the barriers above separate them
+  for (int e = tid; e < E; e += kPermuteThreads) off[e] = block_counts[e * static_cast<int64_t>(B)];
+  if (tid == 0) off[E] = static_cast<int32_t>(N);
+  finalize_experts(p, off, ws_pad, false, scan);
+  for (int e = tid; e <= E; e += kPermuteThreads) ws_off[e] = off[e];
   if (p.rank_send_counts != nullptr) {
     for (int r = tid; r < p.num_ranks; r += kPermuteThreads) {
       int32_t s = 0;
-      for (int32_t b = 0; b < B; ++b) s += block_rank_counts[r * static_cast<int64_t>(B) + b];
+      for (int32_t c = 0; c < B; ++c) s += block_rank_counts[r * static_cast<int64_t>(B) + c];
       p.rank_send_counts[r] = s;
     }
   }
@@ -423,31 +462,24 @@ inline Status permute_sizes_ok(const PermuteParams& p) {
 }
 
 struct PermuteWorkspace {
-  int32_t* block_offsets = nullptr;      // [E * B]
+  int32_t* block_offsets = nullptr;      // [E * B]: counts, scanned in place by the count kernel
   int32_t* block_rank_counts = nullptr;  // [R * B]
   int32_t* off = nullptr;                // [E + 1]
   int32_t* pad = nullptr;                // [E + 1]
-  void* scan = nullptr;
-  size_t scan_bytes = 0;
+  unsigned* ticket = nullptr;            // [1], zeroed before the count kernel
   size_t bytes = 0;
 };
 
-inline cudaError_t carve_permute_workspace(void* base, const PermuteParams& p, cudaStream_t stream,
-                                           PermuteWorkspace& w) {
+inline void carve_permute_workspace(void* base, const PermuteParams& p, PermuteWorkspace& w) {
   const int64_t B = permute_chunks(p);
   const int64_t cells = static_cast<int64_t>(p.num_experts) * B;
-  size_t scan_bytes = 0;
-  const cudaError_t e = primitives::device_exclusive_sum<int32_t>(nullptr, scan_bytes, nullptr, nullptr, cells, stream);
-  if (e != cudaSuccess) return e;
   ::fulgur::detail::WorkspaceCarver c(base);
   w.block_offsets = c.take<int32_t>(static_cast<size_t>(cells));
   w.block_rank_counts = c.take<int32_t>(static_cast<size_t>(p.num_ranks) * static_cast<size_t>(B));
   w.off = c.take<int32_t>(static_cast<size_t>(p.num_experts) + 1);
   w.pad = c.take<int32_t>(static_cast<size_t>(p.num_experts) + 1);
-  w.scan = c.take<unsigned char>(scan_bytes);
-  w.scan_bytes = scan_bytes;
+  w.ticket = c.take<unsigned>(1);
   w.bytes = c.bytes();
-  return cudaSuccess;
 }
 
 }  // namespace detail
@@ -476,8 +508,7 @@ inline cudaError_t permute(void* workspace, size_t& workspace_bytes, const Permu
   if (path == PermutePath::kSingleBlock && p.num_tokens * p.top_k > detail::kPermuteChunk) return cudaErrorInvalidValue;
   detail::PermuteWorkspace w;
   if (path == PermutePath::kMultiBlock) {
-    const cudaError_t e = detail::carve_permute_workspace(nullptr, p, stream, w);
-    if (e != cudaSuccess) return e;
+    detail::carve_permute_workspace(nullptr, p, w);
   } else {
     w.bytes = ::fulgur::detail::WorkspaceCarver::kAlignment;  // nonzero: an allocation of it is non-null
   }
@@ -495,22 +526,15 @@ inline cudaError_t permute(void* workspace, size_t& workspace_bytes, const Permu
     return ::fulgur::detail::launch(detail::permute_single_kernel<>, dim3(1), dim3(detail::kPermuteThreads), 0, stream,
                                     p);
   }
-  const cudaError_t ec = detail::carve_permute_workspace(workspace, p, stream, w);
-  if (ec != cudaSuccess) return ec;
+  detail::carve_permute_workspace(workspace, p, w);
   const int64_t B = detail::permute_chunks(p);
   if (B > 0x7fffffff) return cudaErrorInvalidValue;
   const int32_t B32 = static_cast<int32_t>(B);
-  cudaError_t e =
-      ::fulgur::detail::launch(detail::permute_count_kernel<>, dim3(static_cast<unsigned>(B)),
-                               dim3(detail::kPermuteThreads), 0, stream, p, w.block_offsets, w.block_rank_counts, B32);
+  cudaError_t e = ::fulgur::detail::memset_async(w.ticket, 0, sizeof(unsigned), stream);
   if (e != cudaSuccess) return e;
-  size_t scan_bytes = w.scan_bytes;
-  e = primitives::device_exclusive_sum<int32_t>(w.scan, scan_bytes, w.block_offsets, w.block_offsets,
-                                                static_cast<int64_t>(p.num_experts) * B, stream);
-  if (e != cudaSuccess) return e;
-  e = ::fulgur::detail::launch(detail::permute_finalize_kernel<>, dim3(1), dim3(detail::kPermuteThreads), 0, stream, p,
-                               static_cast<const int32_t*>(w.block_offsets),
-                               static_cast<const int32_t*>(w.block_rank_counts), B32, w.off, w.pad);
+  e = ::fulgur::detail::launch(detail::permute_count_kernel<>, dim3(static_cast<unsigned>(B)),
+                               dim3(detail::kPermuteThreads), 0, stream, p, w.block_offsets, w.block_rank_counts, B32,
+                               w.ticket, w.off, w.pad);
   if (e != cudaSuccess) return e;
   return ::fulgur::detail::launch(detail::permute_scatter_kernel<>, dim3(static_cast<unsigned>(B)),
                                   dim3(detail::kPermuteThreads), 0, stream, p,
