@@ -331,6 +331,54 @@ TEST_CASE("token_drop compact kernel: bad input is rejected and writes nothing",
   p.hidden = aliased;
   CHECK(run(p) == cudaErrorInvalidValue);
   untouched();
+  // Partial overlap of the input and output rows: the same error as identical pointers, nothing
+  // written (the input buffer, which the output would write into, keeps its bytes too).
+  const auto overlap_reason = [](const CompactParams& q) {
+    const fulgur::Status s = td::can_implement(q);
+    return s.ok() ? std::string() : std::string(s.reason());
+  };
+  {
+    // The hidden state's output starts at input row 1.
+    Tensor& h = *pr.tensors[0];
+    p = params();
+    RowTensor shifted = p.hidden;
+    shifted.out =
+        const_cast<unsigned char*>(static_cast<const unsigned char*>(shifted.in)) + h.in_stride * h.elem_bytes;
+    p.hidden = shifted;
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(overlap_reason(p).find("overlap") != std::string::npos);
+    CHECK(read(h.d_in) == h.in);
+    untouched();
+  }
+  {
+    // An extra tensor (fp32 x3, input stride 4) in one buffer: the output's last element is the
+    // input's first; then the output ends exactly where the input starts (accepted).
+    const Tensor& t = *pr.tensors[3];
+    const int64_t L = bt.rows(), R = pr.out_rows;
+    const int64_t in_span = ((L - 1) * t.in_stride + t.width) * t.elem_bytes;
+    const int64_t out_span = ((R - 1) * t.out_stride + t.width) * t.elem_bytes;
+    std::vector<unsigned char> bytes(static_cast<size_t>(out_span + in_span), 0xEE);
+    DeviceBuffer<unsigned char> buf(bytes);
+    std::vector<RowTensor> ex = extra;
+    RowTensor& x = ex[2];  // pr.tensors[3]
+    REQUIRE(x.width == 3);
+    x.out = buf.data();
+    x.in = buf.data() + out_span - t.elem_bytes;
+    p = params();
+    p.extra = ex.data();
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(overlap_reason(p).find("overlap") != std::string::npos);
+    CHECK(read(buf) == bytes);
+    untouched();
+    x.in = buf.data() + out_span;  // adjacent, disjoint
+    CHECK(td::can_implement(p).ok());
+    // The input ends inside the output: the output starts at the input's last element.
+    x.in = buf.data();
+    x.out = buf.data() + in_span - t.elem_bytes;
+    CHECK(overlap_reason(p).find("overlap") != std::string::npos);
+    x.out = buf.data() + in_span;
+    CHECK(td::can_implement(p).ok());
+  }
   // Metadata only the device sees: a kept index outside its span, indices not ascending.
   for (int variant = 0; variant < 3; ++variant) {
     std::vector<int64_t> kept = pr.kept;

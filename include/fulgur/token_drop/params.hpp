@@ -165,8 +165,8 @@ struct SelectParams {
 /// Elements of a row are contiguous; a head-major tensor ([H, L, d]) is H tensors of [L, d].
 struct RowTensor {
   const void* in = nullptr;    // [L, width] rows, elem_bytes each element; null: tensor skipped
-  void* out = nullptr;         // [L', width] output; required when `in` is set; must not overlap
-                               // `in`
+  void* out = nullptr;         // [L', width] output; required when `in` is set; its bytes must
+                               // not overlap the input's (see detail::row_span_bytes)
   int64_t width = 0;           // elements per row (>= 0)
   int64_t elem_bytes = 0;      // 1, 2, 4 or 8
   int64_t in_row_stride = 0;   // elements between input rows (>= width)
@@ -280,7 +280,28 @@ inline Status validate_layout_metadata(const BatchLayout& l) {
   return Status::success();
 }
 
-inline Status validate_row_tensor(const RowTensor& t) {
+/// Bytes from the first byte of a row tensor's first row to the last byte of its last row:
+/// ((rows - 1) * row_stride + width) * elem_bytes, 0 when rows or width is 0, saturating at
+/// UINT64_MAX. Takes checked fields (rows, width >= 0, row_stride >= width, elem_bytes 1 to 8).
+inline uint64_t row_span_bytes(int64_t rows, int64_t row_stride, int64_t width, int64_t elem_bytes) {
+  if (rows <= 0 || width <= 0) return 0;
+  const uint64_t r = static_cast<uint64_t>(rows - 1), s = static_cast<uint64_t>(row_stride);
+  const uint64_t w = static_cast<uint64_t>(width), e = static_cast<uint64_t>(elem_bytes);
+  if (s != 0 && r > (UINT64_MAX - w) / s) return UINT64_MAX;
+  const uint64_t elems = r * s + w;
+  return elems > UINT64_MAX / e ? UINT64_MAX : elems * e;
+}
+
+/// Whether [a, a + na) and [b, b + nb) share a byte (an empty range shares none).
+inline bool byte_ranges_overlap(const void* a, uint64_t na, const void* b, uint64_t nb) {
+  if (na == 0 || nb == 0) return false;
+  const uintptr_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa <= pb ? static_cast<uint64_t>(pb - pa) < na : static_cast<uint64_t>(pa - pb) < nb;
+}
+
+/// A row tensor of `in_rows` input and `out_rows` output rows. The input's and the output's byte
+/// spans (row_span_bytes) must not overlap: the gather reads one while it writes the other.
+inline Status validate_row_tensor(const RowTensor& t, int64_t in_rows, int64_t out_rows) {
   if (t.in == nullptr) return Status::success();
   FULGUR_CHECK_ARG(t.out != nullptr, "token_drop: row tensor has an input but no output");
   FULGUR_CHECK_ARG(t.out != t.in, "token_drop: row tensor output must not alias its input");
@@ -289,6 +310,10 @@ inline Status validate_row_tensor(const RowTensor& t) {
                    "token_drop: row tensor elem_bytes must be 1, 2, 4 or 8");
   FULGUR_CHECK_ARG(t.in_row_stride >= t.width && t.out_row_stride >= t.width,
                    "token_drop: row tensor strides must be >= width");
+  FULGUR_CHECK_ARG(!byte_ranges_overlap(t.in, row_span_bytes(in_rows, t.in_row_stride, t.width, t.elem_bytes), t.out,
+                                        row_span_bytes(out_rows, t.out_row_stride, t.width, t.elem_bytes)),
+                   "token_drop: row tensor output rows overlap its input rows (partly: the byte spans "
+                   "from first to last row must be disjoint)");
   return Status::success();
 }
 
@@ -405,11 +430,11 @@ inline Status validate_arguments(const CompactParams& p) {
                    "token_drop compact: cu_kept is null");
   FULGUR_CHECK_ARG(p.layout.batch == 0 || p.new_cu_seqlens != nullptr,
                    "token_drop compact: new_cu_seqlens is null");
-  FULGUR_RETURN_IF_ERROR(detail::validate_row_tensor(p.hidden));
+  FULGUR_RETURN_IF_ERROR(detail::validate_row_tensor(p.hidden, p.layout.total_rows, p.out_rows));
   FULGUR_CHECK_ARG(p.num_extra >= 0, "token_drop compact: num_extra must be >= 0");
   FULGUR_CHECK_ARG(p.num_extra == 0 || p.extra != nullptr, "token_drop compact: extra is null");
   for (int i = 0; i < p.num_extra; ++i) {
-    FULGUR_RETURN_IF_ERROR(detail::validate_row_tensor(p.extra[i]));
+    FULGUR_RETURN_IF_ERROR(detail::validate_row_tensor(p.extra[i], p.layout.total_rows, p.out_rows));
   }
   FULGUR_CHECK_ARG(
       p.position_mode == PositionMode::kRenumber || p.position_mode == PositionMode::kKeepOriginal,
