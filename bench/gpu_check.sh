@@ -215,7 +215,9 @@ if [ $dry = 1 ]; then
     listed=0
     for n in $names; do
       f=$(find "$scratch/unpacked" -type f -name "$n" | head -1)
-      [ -n "$f" ] && "$f" --benchmark_list_tests 2>/dev/null | grep -q . && listed=$((listed + 1))
+      # the whole listing read (grep -c): with pipefail, grep -q could close the pipe early and
+      # the binary's SIGPIPE would fail the check at random
+      [ -n "$f" ] && [ "$("$f" --benchmark_list_tests 2>/dev/null | grep -c .)" -gt 0 ] && listed=$((listed + 1))
     done
     ctest_ok=$( (cd "$scratch/unpacked" && ctest --show-only=json-v1 >"$scratch/tests.json" 2>>"$scratch/err") && echo 1 || echo 0)
     moved=$(grep -c -- "$scratch/unpacked/" "$scratch/tests.json" 2>/dev/null)
