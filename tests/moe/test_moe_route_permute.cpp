@@ -154,25 +154,38 @@ TEST_CASE("route_permute: one launch, the same bits as route + permute", "[moe][
   check(small, DType::kF32, 40, true, "grouped E=8");
 }
 
-TEST_CASE("route_permute: bad input", "[moe][route_permute]") {
-  const fm::RoutePolicy pol = fm::presets::mixtral();
-  auto d_logits = poisoned<float>(16);
-  auto d_ids = poisoned<int32_t>(4), d_other = poisoned<int32_t>(4);
-  auto d_w = poisoned<float>(4);
-  auto d_off = poisoned<int64_t>(9);
+/// A valid two-token Mixtral call (E = 8, k = 2) into poisoned device buffers: the bad-input tests
+/// break one thing in r or p and check that nothing was written.
+struct SmallCall {
+  DeviceBuffer<float> d_logits = poisoned<float>(16);
+  DeviceBuffer<int32_t> d_ids = poisoned<int32_t>(4);
+  DeviceBuffer<float> d_w = poisoned<float>(4);
+  DeviceBuffer<int64_t> d_off = poisoned<int64_t>(9);
   fm::RouteParams r;
-  r.policy = pol;
-  r.logits = d_logits.data();
-  r.logits_row_stride = 8;
-  r.num_tokens = 2;
-  r.topk_ids = d_ids.data();
-  r.topk_weights = d_w.data();
   fm::PermuteParams p;
-  p.topk_ids = d_ids.data();
-  p.num_tokens = 2;
-  p.top_k = 2;
-  p.num_experts = 8;
-  p.expert_first_token_offset = d_off.data();
+  SmallCall() {
+    r.policy = fm::presets::mixtral();
+    r.logits = d_logits.data();
+    r.logits_row_stride = 8;
+    r.num_tokens = 2;
+    r.topk_ids = d_ids.data();
+    r.topk_weights = d_w.data();
+    p.topk_ids = d_ids.data();
+    p.num_tokens = 2;
+    p.top_k = 2;
+    p.num_experts = 8;
+    p.expert_first_token_offset = d_off.data();
+  }
+};
+
+TEST_CASE("route_permute: bad input", "[moe][route_permute]") {
+  SmallCall call;
+  auto& d_ids = call.d_ids;
+  auto& d_w = call.d_w;
+  auto& d_off = call.d_off;
+  auto d_other = poisoned<int32_t>(4);
+  const fm::RouteParams& r = call.r;
+  const fm::PermuteParams& p = call.p;
   struct Bad {
     const char* what;
     std::function<void(fm::RouteParams&, fm::PermuteParams&)> edit;
@@ -208,24 +221,12 @@ TEST_CASE("route_permute: bad input", "[moe][route_permute]") {
 
 TEST_CASE("route_permute: the workspace query rejects what the launch rejects, pointers aside",
           "[moe][route_permute]") {
-  const fm::RoutePolicy pol = fm::presets::mixtral();  // E = 8, k = 2
-  auto d_logits = poisoned<float>(16);
-  auto d_ids = poisoned<int32_t>(4);
-  auto d_w = poisoned<float>(4);
-  auto d_off = poisoned<int64_t>(9);
-  fm::RouteParams r;
-  r.policy = pol;
-  r.logits = d_logits.data();
-  r.logits_row_stride = 8;
-  r.num_tokens = 2;
-  r.topk_ids = d_ids.data();
-  r.topk_weights = d_w.data();
-  fm::PermuteParams p;
-  p.topk_ids = d_ids.data();
-  p.num_tokens = 2;
-  p.top_k = 2;
-  p.num_experts = 8;
-  p.expert_first_token_offset = d_off.data();
+  SmallCall call;
+  const auto& d_ids = call.d_ids;
+  const auto& d_w = call.d_w;
+  const auto& d_off = call.d_off;
+  const fm::RouteParams& r = call.r;
+  const fm::PermuteParams& p = call.p;
   // The query reads no pointer: with none set it still answers (CUB style: size, then allocate).
   auto without_pointers = [](fm::RouteParams rr, fm::PermuteParams pp) {
     rr.logits = nullptr, rr.topk_ids = nullptr, rr.topk_weights = nullptr, rr.bias = nullptr;
