@@ -482,8 +482,9 @@ default_profile+=";bench_token_drop:^token_drop\.fused/model=llava_next/H=32/Hkv
 default_profile+=";bench_token_drop:^token_drop\.score/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:score:2"
 default_profile+=";bench_moe:^moe\.route/model=deepseek_v3/E=256/k=8/T=1\$:route_kernel:1"  # 12.4 us for one token
 default_profile+=";bench_token_drop:^token_drop\.select/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:select:1"
-prof_sections=(SpeedOfLight Occupancy LaunchStats WarpStateStats SchedulerStats MemoryWorkloadAnalysis
-  ComputeWorkloadAnalysis InstructionStats SourceCounters)
+prof_sections=()
+for x in SpeedOfLight Occupancy LaunchStats WarpStateStats SchedulerStats MemoryWorkloadAnalysis \
+  ComputeWorkloadAnalysis InstructionStats SourceCounters; do prof_sections+=(--section "$x"); done
 if skipped profile; then
   row "profile (ncu)" "skipped (FULGUR_GPU_CHECK_SKIP)" 0
 elif ! command -v ncu >/dev/null; then
@@ -508,12 +509,10 @@ else
     s=$(date +%s)
     say "ncu: $pbench (kernels /$pkern/, $pcount launches, limit $share s)"
     echo "==== ncu: $pbin $pbench (kernels /$pkern/, first ${pcount:-1} launches)" >>"$out/profile.txt"
-    sec=()
-    for x in "${prof_sections[@]}"; do sec+=(--section "$x"); done
-    timeout "$share" ncu --clock-control none --kernel-name "regex:$pkern" --launch-count "${pcount:-1}" "${sec[@]}" \
+    timeout "$share" ncu --clock-control none --kernel-name "regex:$pkern" --launch-count "${pcount:-1}" "${prof_sections[@]}" \
       --print-summary none "$b" --benchmark_filter="$pbench" --fulgur_target_time=0.002 >>"$out/profile.txt" 2>&1
     r=$?
-    n=$(grep -c 'Section: GPU Speed Of Light' "$out/profile.txt")
+    n=$(count 'Section: GPU Speed Of Light' "$out/profile.txt")
     row "profile $pbench" "$( [ $r = 0 ] && echo ok || { [ $r = 124 ] && echo "stopped at its $share s limit" || echo "rc=$r"; }) ($n kernel reports in profile.txt so far)" $(($(date +%s) - s))
   done
 fi
