@@ -15,8 +15,9 @@
 //      ballot keeps the topk_group best; the other groups' keys become -inf;
 //   4. k rounds of a shuffle argmax (primitives::warp_topk: descending key, lower index on ties,
 //      NaN as -inf); lane j receives slot j;
-//   5. lane j recomputes its weight from the UNBIASED score of the selected logit (reloaded from
-//      global memory, so no register array is indexed dynamically); softmax-after-top-k and
+//   5. lane j recomputes its weight from the UNBIASED score of the selected logit (fetched from
+//      the owning lane's registers by one shuffle per item, so no register array is indexed
+//      dynamically and the row is not read twice; re-read above E = 512); softmax-after-top-k and
 //      renormalization are butterflies over the k lanes; then the scaling factor.
 // Selection on softmax scores is done on the logits when nothing else enters the key (softmax
 // is strictly increasing, so the order is the fp64 reference's, without the ties fp32
@@ -111,16 +112,25 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t 
   const bool before = pol.score_timing == ScoreTiming::kBeforeTopK;
   const bool softmax_before = before && pol.score_func == ScoreFunc::kSoftmax;
 
-  // 1. Logits; NaN and -inf mark an unavailable expert.
-  float x[kItems];
+  // Up to 16 experts per lane (E <= 512) the bias is loaded with the logits and the selected
+  // logits are taken back from registers (step 5): no load waits for another. Above that the
+  // extra live registers (86 -> 166 at E = 1024) would cost more occupancy than the two dependent
+  // loads they save, so the bias is read when the key is formed and the selected logit re-read.
+  constexpr bool kInRegisters = kItems <= 16;
+
+  // 1. Logits (and the selection bias); NaN and -inf mark an unavailable expert.
+  float x[kItems], bias[kItems];
   unsigned avail = 0u;
   FULGUR_UNROLL
   for (int i = 0; i < kItems; ++i) {
     const int e = lane + kWidth * i;
-    const float v = (active && e < E) ? to_float(row[e]) : kNegInf;
-    x[i] = v;
-    if (!(v != v) && v != kNegInf) avail |= 1u << i;
+    const bool in = active && e < E;
+    x[i] = in ? to_float(row[e]) : kNegInf;
+    bias[i] = (kInRegisters && in && p.bias != nullptr) ? p.bias[e] : 0.0f;
   }
+  FULGUR_UNROLL
+  for (int i = 0; i < kItems; ++i)
+    if (!(x[i] != x[i]) && x[i] != kNegInf) avail |= 1u << i;
 
   // Softmax statistics over the available experts (butterflies: every lane gets the same bits).
   float m = kNegInf, z = 1.0f;
@@ -146,7 +156,7 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t 
     float kk = kNegInf;
     if (avail >> i & 1u) {
       kk = (!before || select_on_logits) ? x[i] : route_score(pol.score_func, x[i], m, z);
-      if (p.bias != nullptr) kk += p.bias[e];
+      if (p.bias != nullptr) kk += kInRegisters ? bias[i] : p.bias[e];
       if (kk != kk) kk = kNegInf;
     }
     key[i] = kk;
@@ -204,10 +214,20 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t 
     const unsigned mine = kWidth == 32 ? votes : (votes >> (primitives::detail::lane_id() & ~(kWidth - 1u)));
     unsigned kept = 0u;
     for (int h = 0; h < G; ++h) kept |= (mine >> (h * L) & 1u) << h;
+    // Item i's expert e = lane + kWidth * i lies in group e / gs: tracked as quotient and
+    // remainder, advanced by kWidth = gq * gs + gr per item (one division per token, not per item).
+    const int gq = kWidth / gs, gr = kWidth % gs;
+    int eg = lane / gs, er = lane % gs;
     FULGUR_UNROLL
     for (int i = 0; i < kItems; ++i) {
       const int e = lane + kWidth * i;
-      if (e < E && !(kept >> (e / gs) & 1u)) key[i] = kNegInf;
+      if (e < E && !(kept >> eg & 1u)) key[i] = kNegInf;
+      eg += gq;
+      er += gr;
+      if (er >= gs) {
+        er -= gs;
+        ++eg;
+      }
     }
   }
 
@@ -216,8 +236,25 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t 
   const bool has = lane < k && r.index >= 0;
   const bool valid = has && r.key != kNegInf;  // invalid slots keep their id, weigh 0
 
-  // 5. Weights from the unbiased score of the selected logit.
-  const float xs = valid ? to_float(row[r.index]) : 0.0f;
+  // 5. Weights from the unbiased score of the selected logit, taken from the registers of the
+  // lane that holds it (item index / kWidth of lane index % kWidth): one shuffle per item, all
+  // lanes taking part, instead of a second, dependent read of the row, and no register array
+  // indexed by a runtime value (above 16 items per lane: read from the row again). The same value
+  // either way: x[i] is that logit as float.
+  float xs = 0.0f;
+  if (!kInRegisters) {
+    if (valid) xs = to_float(row[r.index]);
+  } else {
+    const int src = r.index >= 0 ? (r.index & (kWidth - 1)) : 0;
+    const int item = r.index >= 0 ? r.index / kWidth : -1;
+    FULGUR_UNROLL
+    for (int i = 0; i < kItems; ++i) {
+      const float v = primitives::detail::shfl<primitives::detail::ShflKind::kIdx>(primitives::kFullMask, x[i], src,
+                                                                                   kWidth);
+      if (item == i) xs = v;
+    }
+    if (!valid) xs = 0.0f;
+  }
   float w = 0.0f;
   if (before) {
     if (valid) w = route_score(pol.score_func, xs, m, z);
