@@ -198,7 +198,9 @@ void bench_permute(benchmark::State& st, Model m, int64_t T, bool align) {
   });
 }
 
-void bench_gather(benchmark::State& st, Model m, int64_t T) {
+// by_token: the token-major path (expanded_to_row = the compact view's expanded_to_permuted, no
+// row map): each token's row read once. Otherwise the row path over permuted_to_expanded.
+void bench_gather(benchmark::State& st, Model m, int64_t T, bool by_token) {
   const int32_t k = m.policy.top_k;
   const int64_t H = m.hidden;
   const Cost cost = gather_cost(m, T);
@@ -218,7 +220,8 @@ void bench_gather(benchmark::State& st, Model m, int64_t T) {
     p.num_tokens = T;
     p.top_k = k;
     p.hidden_size = H;
-    p.row_map = routed.p2e.data();
+    p.row_map = by_token ? nullptr : routed.p2e.data();
+    p.expanded_to_row = by_token ? routed.e2p.data() : nullptr;
     p.num_rows = T * k;
     p.out = out[c].data();
     p.out_dtype = fulgur::DType::kBF16;
@@ -266,7 +269,10 @@ void register_all() {
           [m, T](benchmark::State& s) { bench_permute(s, m, T, false); });
       add(base_name("align", m, T, false), align_cost(m, T),
           [m, T](benchmark::State& s) { bench_permute(s, m, T, true); });
-      add(base_name("gather", m, T, true), gather_cost(m, T), [m, T](benchmark::State& s) { bench_gather(s, m, T); });
+      add(base_name("gather", m, T, true), gather_cost(m, T),
+          [m, T](benchmark::State& s) { bench_gather(s, m, T, false); });
+      add(base_name("gather_by_token", m, T, true), gather_cost(m, T),
+          [m, T](benchmark::State& s) { bench_gather(s, m, T, true); });
       add(base_name("combine", m, T, true), combine_cost(m, T),
           [m, T](benchmark::State& s) { bench_combine(s, m, T); });
     }

@@ -28,7 +28,7 @@ MODELS = {
 
 
 def peers_for(case: Case) -> list[str]:
-    return ["torch"] if case.op in ("route", "permute", "align", "gather", "combine") else []
+    return ["torch"] if case.op in ("route", "permute", "align", "gather", "gather_by_token", "combine") else []
 
 
 def torch_route(torch, logits, bias, model, k):
@@ -217,7 +217,7 @@ def run_case(case: Case, ctx) -> list[dict]:
                 same = (off.tolist() == ref["off"] and sti.tolist() == ref["sti"] and tiles.tolist() == ref["tiles"]
                         and post.tolist() == ref["post"])
             err, chk = (0.0 if same else 1.0), ("ok" if same else "WRONG")
-        elif case.op == "gather":
+        elif case.op in ("gather", "gather_by_token"):  # the same rows, whichever way fulgur walks them
             _, e2p, p2e = torch_permute(torch, ids0, E)
             hidden = [torch.randn(T, H, device=dev, generator=gen).to(torch.bfloat16) for _ in range(copies)]
             res = [None]

@@ -6,9 +6,9 @@
 # `-Xptxas -v` and fails unless
 #   - ptxas reports a resource line for every kernel, each with a 0-byte stack frame and 0 bytes
 #     of spill stores and loads (register arrays stayed in registers);
-#   - every vector-path gather and combine kernel (template flag kVector = true, mangled "Lb1E")
-#     has 16-byte global loads and stores in its SASS (LDG.E.128 and STG.E.128), and all 18 of
-#     them are there.
+#   - every vector-path gather (row and token paths) and combine kernel (template flag
+#     kVector = true, mangled "Lb1E") has 16-byte global loads and stores in its SASS (LDG.E.128
+#     and STG.E.128), and all 27 of them are there (9 dtype pairs each).
 include(${CMAKE_CURRENT_LIST_DIR}/../support/sass_check.cmake)
 
 set(failures "")
@@ -26,7 +26,7 @@ foreach(arch IN ITEMS 80 90a)
   set(rest "${sass}")
   fulgur_sass_next(rest section)
   while(NOT section STREQUAL "")
-    if(section MATCHES "^Function : ([^\n]*(gather|combine)_kernel[^\n]*Lb1E[^\n]*)")
+    if(section MATCHES "^Function : ([^\n]*(gather|gather_by_token|combine)_kernel[^\n]*Lb1E[^\n]*)")
       set(name "${CMAKE_MATCH_1}")
       math(EXPR n_vector "${n_vector} + 1")
       foreach(op LDG STG)
@@ -38,8 +38,8 @@ foreach(arch IN ITEMS 80 90a)
     fulgur_sass_next(rest section)
   endwhile()
   message(STATUS "sm_${arch}: ${n_vector} vector-path gather/combine kernels checked for LDG.E.128 / STG.E.128")
-  if(NOT n_vector EQUAL 18)
-    string(APPEND failures "sm_${arch}: expected 18 vector-path gather/combine kernels in the SASS, found ${n_vector}\n")
+  if(NOT n_vector EQUAL 27)
+    string(APPEND failures "sm_${arch}: expected 27 vector-path gather/combine kernels in the SASS, found ${n_vector}\n")
   endif()
 endforeach()
 

@@ -5,6 +5,7 @@
 // residual with its own dtype, scale and per-token scale, in place. Tolerances are derived from
 // fp32 rounding next to each check. Determinism, batch invariance, bad input, and one
 // route -> permute -> gather -> expert -> combine pass against the references end to end.
+#include <algorithm>
 #include <functional>
 #include <string>
 
@@ -75,6 +76,9 @@ struct GatherCase {
   int k = 2;
   bool scale = false;
   bool misalign = false;  // shift both tensors by one element: forces the element path
+  // Token-major path: expanded_to_row (null: the row path), with or without row_map beside it.
+  const std::vector<int32_t>* e2r = nullptr;
+  bool row_map_too = true;
 };
 
 struct GatherRun {
@@ -103,7 +107,8 @@ GatherRun run_gather(const GatherCase& c, const Tensor& hidden, const Tensor& we
     Tensor out(c.out, out_n);
     out.poison();
     p.hidden = hidden.bytes.data() + shift * fulgur::dtype_size(c.in);  // as the kernel reads it
-    p.row_map = row_map.data();
+    p.row_map = c.e2r == nullptr || c.row_map_too ? row_map.data() : nullptr;
+    p.expanded_to_row = c.e2r != nullptr ? c.e2r->data() : nullptr;
     p.topk_weights = c.scale ? weights.data() : nullptr;
     p.out = out.data();
     return {ref::moe_gather(p).code(), out};
@@ -111,9 +116,11 @@ GatherRun run_gather(const GatherCase& c, const Tensor& hidden, const Tensor& we
   auto d_hidden = upload(hidden);
   auto d_w = upload(weights);
   auto d_map = upload(row_map);
+  auto d_e2r = upload(c.e2r != nullptr ? *c.e2r : std::vector<int32_t>{0});
   auto d_out = poisoned<unsigned char>(out_n * fulgur::dtype_size(c.out));
   p.hidden = d_hidden.data() + shift * fulgur::dtype_size(c.in);
-  p.row_map = d_map.data();
+  p.row_map = c.e2r == nullptr || c.row_map_too ? d_map.data() : nullptr;
+  p.expanded_to_row = c.e2r != nullptr ? d_e2r.data() : nullptr;
   p.topk_weights = c.scale ? static_cast<const void*>(d_w.data()) : nullptr;
   p.out = d_out.data() + shift * fulgur::dtype_size(c.out);
   const cudaError_t e = fm::gather(p, nullptr);
@@ -144,18 +151,48 @@ void check_gather(const GatherCase& c, const std::vector<int32_t>& row_map, fulg
   // an fp32 output is bit-exact too; a 16-bit output rounds that fp32 value again: one unit in
   // its last place at most.
   const bool exact = !c.scale || c.out == DType::kF32;
+  // A row that neither writes (expanded_to_row without row_map, a row it does not name) keeps
+  // its poison on both sides; every written value is finite (random normal inputs).
   size_t bad = 0;
   for (size_t r = 0; r < row_map.size(); ++r) {
     for (int64_t h = 0; h < c.H; ++h) {
       const size_t i = r * out_stride + h;
       const double g = got.out.get(i), w = want.out.get(i);
-      const bool ok = exact ? (g == w) : std::fabs(g - w) <= ulp(c.out, w);
+      const bool ok = (std::isnan(g) && std::isnan(w)) || (exact ? (g == w) : std::fabs(g - w) <= ulp(c.out, w));
       bad += !ok;
     }
     // Padding between rows stays untouched.
     for (int64_t h = c.H; h < out_stride; ++h) bad += !std::isnan(got.out.get(r * out_stride + h));
   }
   CHECK(bad == 0);
+  if (c.e2r != nullptr) {
+    // The token path writes the row path's bits in every row it writes.
+    GatherCase row_path = c;
+    row_path.e2r = nullptr;
+    const GatherRun rows = run_gather(row_path, hidden, weights, row_map, true);
+    REQUIRE(rows.err == cudaSuccess);
+    std::vector<bool> named(row_map.size(), c.row_map_too);
+    for (int32_t r : *c.e2r)
+      if (r >= 0) named[static_cast<size_t>(r)] = true;
+    const size_t es = fulgur::dtype_size(c.out);
+    size_t differ = 0, written = 0;
+    for (size_t r = 0; r < row_map.size(); ++r) {
+      if (!named[r]) continue;
+      ++written;
+      differ += std::memcmp(got.out.bytes.data() + r * out_stride * es, rows.out.bytes.data() + r * out_stride * es,
+                            static_cast<size_t>(c.H) * es) != 0;
+    }
+    CHECK(written > 0);
+    CHECK(differ == 0);
+  }
+}
+
+// The inverse of a row map: the row holding each expanded index, -1 where no row does.
+std::vector<int32_t> inverse_map(const std::vector<int32_t>& row_map, int64_t expanded) {
+  std::vector<int32_t> inv(static_cast<size_t>(expanded), -1);
+  for (size_t r = 0; r < row_map.size(); ++r)
+    if (row_map[r] >= 0 && row_map[r] < expanded) inv[static_cast<size_t>(row_map[r])] = static_cast<int32_t>(r);
+  return inv;
 }
 
 TEST_CASE("gather: every dtype pair, every view, both paths", "[moe][gather]") {
@@ -183,6 +220,42 @@ TEST_CASE("gather: every dtype pair, every view, both paths", "[moe][gather]") {
         check_gather(c, maps.masked, rng, "masked, misaligned");
         c.H = 7, c.misalign = false;  // H not a multiple of the vector
         check_gather(c, maps.compact, rng, "H = 7");
+      }
+    }
+  }
+}
+
+TEST_CASE("gather: token by token (expanded_to_row), every view, the row path's bits", "[moe][gather]") {
+  fulgur_test::Rng rng("gather by token");
+  FULGUR_INFO_SEED(rng);
+  const int64_t T = sized(29, 9);
+  const int k = 3, E = 8;
+  const RowMaps maps = row_maps(T, k, E, rng);
+  // permute's expanded_to_permuted is the compact map's inverse; the padded views' inverses
+  // leave out the sentinel rows (tiled) and the slots dropped by the capacity (masked).
+  REQUIRE(maps.e2p == inverse_map(maps.compact, T * k));
+  const std::vector<int32_t> tiled_inv = inverse_map(maps.tiled, T * k);
+  const std::vector<int32_t> masked_inv = inverse_map(maps.masked, T * k);
+  REQUIRE(std::count(masked_inv.begin(), masked_inv.end(), -1) > 0);
+  for (DType in : kDtypes) {
+    for (DType out : kDtypes) {
+      if (kLight && !((in == DType::kBF16 && out == DType::kBF16) || (in == DType::kF32 && out == DType::kBF16)))
+        continue;
+      for (bool scale : {false, true}) {
+        GatherCase c;
+        c.in = in, c.out = out, c.T = T, c.k = k, c.scale = scale;
+        c.wdt = scale && in == DType::kBF16 ? DType::kBF16 : DType::kF32;
+        c.e2r = &maps.e2p, c.row_map_too = false;
+        c.H = 1064;  // two column chunks (bf16 pairs), the second partial
+        check_gather(c, maps.compact, rng, "compact, expanded_to_row only");
+        c.e2r = &tiled_inv, c.row_map_too = true;
+        c.H = 136, c.in_pad = 8, c.out_pad = 24;
+        check_gather(c, maps.tiled, rng, "tiled, both maps: sentinel rows zeroed");
+        c.e2r = &masked_inv;
+        c.H = 40, c.in_pad = 0, c.out_pad = 0, c.misalign = true;  // the element path
+        check_gather(c, maps.masked, rng, "masked, both maps, misaligned: dropped slots skipped");
+        c.row_map_too = false, c.misalign = false, c.H = 7;
+        check_gather(c, maps.masked, rng, "masked, expanded_to_row only: padding rows untouched");
       }
     }
   }
@@ -271,7 +344,8 @@ TEST_CASE("gather: bad input returns the documented error and writes nothing", "
   };
   const std::vector<Bad> cases = {
       {"null out", [](fm::GatherParams& p) { p.out = nullptr; }, cudaErrorInvalidValue},
-      {"null row_map", [](fm::GatherParams& p) { p.row_map = nullptr; }, cudaErrorInvalidValue},
+      {"null row_map (and no expanded_to_row)", [](fm::GatherParams& p) { p.row_map = nullptr; },
+       cudaErrorInvalidValue},
       {"null hidden", [](fm::GatherParams& p) { p.hidden = nullptr; }, cudaErrorInvalidValue},
       {"stride < H", [](fm::GatherParams& p) { p.out_row_stride = 15; }, cudaErrorInvalidValue},
       {"H = 0", [](fm::GatherParams& p) { p.hidden_size = 0; }, cudaErrorInvalidValue},

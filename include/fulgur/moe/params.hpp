@@ -218,8 +218,17 @@ struct GatherParams {
   int64_t hidden_size = 0;  // H >= 1
 
   const int32_t* row_map = nullptr;  // [num_rows] expanded index t*k+j or sentinel T*k; required
-                                     // when num_rows > 0
+                                     // when num_rows > 0 unless expanded_to_row is set
   int64_t num_rows = 0;              // rows to write, >= 0
+
+  /// [T*k] or null: the output row of each expanded index i = t*k + j, the inverse of row_map
+  /// (PermuteParams::expanded_to_permuted for the compact view; a negative entry: no row). When
+  /// set, gather goes token by token: each token's row of hidden is read once and written to its
+  /// rows, T*H elements read instead of num_rows*H (a row-by-row gather reads a token k times,
+  /// far apart in time, so the repeats miss L2). Non-negative entries must be distinct and below
+  /// num_rows. Rows no entry names are zeroed where row_map (when also set) holds the sentinel,
+  /// and left untouched when row_map is null (the compact view names every row).
+  const int32_t* expanded_to_row = nullptr;
 
   /// Llama-4 (WeightSite::kInput): scale each row by its routing weight.
   bool scale_by_weight = false;
@@ -386,7 +395,8 @@ inline Status validate(const GatherParams& p) {
     FULGUR_CHECK_ARG(detail::is_weight_dtype(p.weights_dtype), "gather: weights_dtype must be f32 or bf16");
   }
   if (p.num_rows > 0) {
-    FULGUR_CHECK_ARG(p.row_map != nullptr, "gather: row_map is null");
+    FULGUR_CHECK_ARG(p.row_map != nullptr || p.expanded_to_row != nullptr,
+                     "gather: row_map and expanded_to_row are both null");
     FULGUR_CHECK_ARG(p.out != nullptr, "gather: out is null");
     FULGUR_CHECK_ARG(p.num_tokens == 0 || p.hidden != nullptr, "gather: hidden is null");
     FULGUR_CHECK_ARG(!p.scale_by_weight || p.num_tokens == 0 || p.topk_weights != nullptr,

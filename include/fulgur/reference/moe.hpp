@@ -289,20 +289,42 @@ inline Status moe_permute(const moe::PermuteParams& p) {
 }
 
 /// Dispatch (GatherParams): out[r] = (w[t, j] *) hidden[t] for i = row_map[r] = t*k + j, a zero
-/// row for the sentinel T*k. The product is formed in fp64 and rounded once to out_dtype.
-/// Returns invalid, touching no output, when validate(p) fails or a row_map entry lies outside
-/// [0, T*k].
+/// row for the sentinel T*k. The product is formed in fp64 and rounded once to out_dtype. With
+/// expanded_to_row and no row_map, only the rows it names are written (out[expanded_to_row[i]]
+/// from expanded index i). Returns invalid, touching no output, when validate(p) fails, a row_map
+/// entry lies outside [0, T*k], or expanded_to_row names a row >= num_rows, names a row twice,
+/// or (with row_map) is not row_map's inverse.
 inline Status moe_gather(const moe::GatherParams& p) {
   using namespace moe_detail;
   FULGUR_RETURN_IF_ERROR(moe::validate(p));
   const int64_t rows = p.num_tokens * p.top_k;
-  for (int64_t r = 0; r < p.num_rows; ++r) {
-    if (p.row_map[r] < 0 || p.row_map[r] > rows)
-      return Status::invalid("gather: row_map holds an entry outside [0, T*k]");
+  if (p.row_map != nullptr) {
+    for (int64_t r = 0; r < p.num_rows; ++r) {
+      if (p.row_map[r] < 0 || p.row_map[r] > rows)
+        return Status::invalid("gather: row_map holds an entry outside [0, T*k]");
+    }
+  }
+  // expanded_to_row: distinct rows below num_rows, and (with row_map) exactly its inverse.
+  if (p.expanded_to_row != nullptr && p.num_rows > 0) {
+    std::vector<int64_t> named(static_cast<size_t>(p.num_rows), -1);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t r = p.expanded_to_row[i];
+      if (r < 0) continue;
+      if (r >= p.num_rows) return Status::invalid("gather: expanded_to_row holds a row >= num_rows");
+      if (named[static_cast<size_t>(r)] >= 0) return Status::invalid("gather: expanded_to_row names a row twice");
+      named[static_cast<size_t>(r)] = i;
+    }
+    if (p.row_map != nullptr) {
+      for (int64_t r = 0; r < p.num_rows; ++r) {
+        const int64_t i = p.row_map[r];
+        if ((i < rows ? i : -1) != named[static_cast<size_t>(r)])
+          return Status::invalid("gather: expanded_to_row is not the inverse of row_map");
+      }
+    }
   }
   const int64_t H = p.hidden_size;
-  for (int64_t r = 0; r < p.num_rows; ++r) {
-    const int64_t i = p.row_map[r];
+  // Row r holds expanded index i (a token row), the sentinel (zeros), or nothing (untouched).
+  auto write_row = [&](int64_t r, int64_t i) {
     const int64_t t = i / p.top_k;
     const bool is_row = i < rows;
     const double w = is_row && p.scale_by_weight ? load(p.topk_weights, p.weights_dtype, i) : 1.0;
@@ -310,6 +332,12 @@ inline Status moe_gather(const moe::GatherParams& p) {
       const double v = is_row ? w * load(p.hidden, p.hidden_dtype, t * p.hidden_row_stride + h) : 0.0;
       store(p.out, p.out_dtype, r * p.out_row_stride + h, v);
     }
+  };
+  if (p.row_map != nullptr) {
+    for (int64_t r = 0; r < p.num_rows; ++r) write_row(r, p.row_map[r]);
+  } else if (p.num_rows > 0) {
+    for (int64_t i = 0; i < rows; ++i)
+      if (p.expanded_to_row[i] >= 0) write_row(p.expanded_to_row[i], i);
   }
   return Status::success();
 }
