@@ -297,14 +297,22 @@ std::tuple<Tensor, Tensor, Tensor> moe_permute(const Tensor& topk_ids, int64_t n
   return {offsets, e2p, p2e};
 }
 
-Tensor moe_gather(const Tensor& hidden, const Tensor& row_map, int64_t top_k, const c10::optional<Tensor>& topk_weights,
-                  c10::optional<at::ScalarType> out_dtype) {
+// row_map, expanded_to_row or both (GatherParams): with expanded_to_row the rows are written
+// token by token (each hidden row read once); without row_map the output has T*k rows and every
+// one must be named (the compact view's expanded_to_permuted), since rows it does not name are
+// left as at::empty left them.
+Tensor moe_gather(const Tensor& hidden, const c10::optional<Tensor>& row_map, int64_t top_k,
+                  const c10::optional<Tensor>& topk_weights, c10::optional<at::ScalarType> out_dtype,
+                  const c10::optional<Tensor>& expanded_to_row) {
   TORCH_CHECK(hidden.is_cuda(), "moe_gather: hidden must be a CUDA tensor");
   check_rows(hidden, 2, "hidden");
+  TORCH_CHECK(row_map || expanded_to_row, "moe_gather: give row_map, expanded_to_row or both");
   const at::Device dev = hidden.device();
   const c10::cuda::CUDAGuard guard(dev);
-  check_index(row_map, dev, at::kInt, -1, "row_map");
-  const int64_t T = hidden.size(0), H = hidden.size(1), rows = row_map.numel();
+  const int64_t T = hidden.size(0), H = hidden.size(1);
+  if (row_map) check_index(*row_map, dev, at::kInt, -1, "row_map");
+  if (expanded_to_row) check_index(*expanded_to_row, dev, at::kInt, T * top_k, "expanded_to_row");
+  const int64_t rows = row_map ? row_map->numel() : T * top_k;
   if (topk_weights) check_index(*topk_weights, dev, topk_weights->scalar_type(), T * top_k, "topk_weights");
   Tensor out = at::empty({rows, H}, hidden.options().dtype(out_dtype.value_or(hidden.scalar_type())));
 
@@ -315,7 +323,8 @@ Tensor moe_gather(const Tensor& hidden, const Tensor& row_map, int64_t top_k, co
   p.num_tokens = T;
   p.top_k = static_cast<int32_t>(top_k);
   p.hidden_size = H;
-  p.row_map = row_map.data_ptr<int32_t>();
+  p.row_map = row_map ? row_map->data_ptr<int32_t>() : nullptr;
+  p.expanded_to_row = expanded_to_row ? expanded_to_row->data_ptr<int32_t>() : nullptr;
   p.num_rows = rows;
   p.scale_by_weight = topk_weights.has_value();
   if (topk_weights) {
@@ -563,8 +572,8 @@ TORCH_LIBRARY(fulgur, m) {
       "bool score_after_topk=False, ScalarType? weights_dtype=None) -> (Tensor, Tensor, Tensor)");
   m.def("moe_permute(Tensor topk_ids, int num_experts) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "moe_gather(Tensor hidden, Tensor row_map, int top_k, Tensor? topk_weights=None, "
-      "ScalarType? out_dtype=None) -> Tensor");
+      "moe_gather(Tensor hidden, Tensor? row_map, int top_k, Tensor? topk_weights=None, "
+      "ScalarType? out_dtype=None, Tensor? expanded_to_row=None) -> Tensor");
   m.def(
       "moe_combine(Tensor expert_out, int top_k, Tensor? expanded_to_row=None, Tensor? topk_weights=None, "
       "Tensor? residual=None, float residual_scale=1.0, ScalarType? out_dtype=None) -> Tensor");

@@ -376,6 +376,13 @@ def test_moe_gather_and_combine(gen, dtype):
     ref_s = (hidden.double().index_select(0, rows // k) * w.view(-1).double()[rows][:, None]).float()
     assert torch.equal(gs, ref_s)
 
+    # token by token (expanded_to_row = e2p, each hidden row read once): the row path's bits,
+    # alone (compact view) and beside a row map with a sentinel row (zeroed).
+    assert torch.equal(ft.moe_gather(hidden, None, k, expanded_to_row=e2p), g[:-1])
+    assert torch.equal(ft.moe_gather(hidden, row_map, k, expanded_to_row=e2p), g)
+    gts = ft.moe_gather(hidden, None, k, topk_weights=w, out_dtype=torch.float32, expanded_to_row=e2p)
+    assert torch.equal(gts, gs)
+
     # combine: out[t] = sum_j w[t, j] y[e2p[t k + j]] + residual, fp32 in the fixed order j = 0..k-1.
     y = randn(gen, T * k, H, dtype=dtype)  # expert outputs in permuted order
     res = randn(gen, T, H, dtype=torch.bfloat16)

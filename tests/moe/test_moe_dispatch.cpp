@@ -187,6 +187,25 @@ void check_gather(const GatherCase& c, const std::vector<int32_t>& row_map, fulg
   }
 }
 
+// Every (in, out) dtype pair, without and with scaling (the weight dtype following the input's):
+// fn gets the base case of T tokens and top-k. The sanitizer builds (one OS thread per CUDA
+// thread) keep the same-dtype pairs and one conversion.
+template <typename Fn>
+void for_each_gather_case(int64_t T, int k, Fn&& fn) {
+  for (DType in : kDtypes) {
+    for (DType out : kDtypes) {
+      if (kLight && !((in == DType::kBF16 && out == DType::kBF16) || (in == DType::kF32 && out == DType::kBF16)))
+        continue;
+      for (bool scale : {false, true}) {
+        GatherCase c;
+        c.in = in, c.out = out, c.T = T, c.k = k, c.scale = scale;
+        c.wdt = scale && in == DType::kBF16 ? DType::kBF16 : DType::kF32;
+        fn(c);
+      }
+    }
+  }
+}
+
 // The inverse of a row map: the row holding each expanded index, -1 where no row does.
 std::vector<int32_t> inverse_map(const std::vector<int32_t>& row_map, int64_t expanded) {
   std::vector<int32_t> inv(static_cast<size_t>(expanded), -1);
@@ -201,28 +220,17 @@ TEST_CASE("gather: every dtype pair, every view, both paths", "[moe][gather]") {
   const int64_t T = sized(37, 12);
   const int k = 4, E = 16;
   const RowMaps maps = row_maps(T, k, E, rng);
-  for (DType in : kDtypes) {
-    for (DType out : kDtypes) {
-      // The sanitizer builds (one OS thread per CUDA thread) keep the same-dtype pairs and one
-      // conversion.
-      if (kLight && !((in == DType::kBF16 && out == DType::kBF16) || (in == DType::kF32 && out == DType::kBF16)))
-        continue;
-      for (bool scale : {false, true}) {
-        GatherCase c;
-        c.in = in, c.out = out, c.T = T, c.k = k, c.scale = scale;
-        c.wdt = scale && in == DType::kBF16 ? DType::kBF16 : DType::kF32;
-        c.H = 64;
-        check_gather(c, maps.compact, rng, "compact");
-        c.H = 136, c.in_pad = 8, c.out_pad = 24;  // multiples of 8: still the vector path
-        // The tile-padded map has T*k + E*15 rows: once in the sanitizer builds.
-        if (!kLight || (in == out && !scale)) check_gather(c, maps.tiled, rng, "tiled (sentinel rows)");
-        c.H = 40, c.in_pad = 0, c.out_pad = 0, c.misalign = true;  // the element path
-        check_gather(c, maps.masked, rng, "masked, misaligned");
-        c.H = 7, c.misalign = false;  // H not a multiple of the vector
-        check_gather(c, maps.compact, rng, "H = 7");
-      }
-    }
-  }
+  for_each_gather_case(T, k, [&](GatherCase c) {
+    c.H = 64;
+    check_gather(c, maps.compact, rng, "compact");
+    c.H = 136, c.in_pad = 8, c.out_pad = 24;  // multiples of 8: still the vector path
+    // The tile-padded map has T*k + E*15 rows: once in the sanitizer builds.
+    if (!kLight || (c.in == c.out && !c.scale)) check_gather(c, maps.tiled, rng, "tiled (sentinel rows)");
+    c.H = 40, c.in_pad = 0, c.out_pad = 0, c.misalign = true;  // the element path
+    check_gather(c, maps.masked, rng, "masked, misaligned");
+    c.H = 7, c.misalign = false;  // H not a multiple of the vector
+    check_gather(c, maps.compact, rng, "H = 7");
+  });
 }
 
 TEST_CASE("gather: token by token (expanded_to_row), every view, the row path's bits", "[moe][gather]") {
@@ -237,28 +245,19 @@ TEST_CASE("gather: token by token (expanded_to_row), every view, the row path's 
   const std::vector<int32_t> tiled_inv = inverse_map(maps.tiled, T * k);
   const std::vector<int32_t> masked_inv = inverse_map(maps.masked, T * k);
   REQUIRE(std::count(masked_inv.begin(), masked_inv.end(), -1) > 0);
-  for (DType in : kDtypes) {
-    for (DType out : kDtypes) {
-      if (kLight && !((in == DType::kBF16 && out == DType::kBF16) || (in == DType::kF32 && out == DType::kBF16)))
-        continue;
-      for (bool scale : {false, true}) {
-        GatherCase c;
-        c.in = in, c.out = out, c.T = T, c.k = k, c.scale = scale;
-        c.wdt = scale && in == DType::kBF16 ? DType::kBF16 : DType::kF32;
-        c.e2r = &maps.e2p, c.row_map_too = false;
-        c.H = 1064;  // two column chunks (bf16 pairs), the second partial
-        check_gather(c, maps.compact, rng, "compact, expanded_to_row only");
-        c.e2r = &tiled_inv, c.row_map_too = true;
-        c.H = 136, c.in_pad = 8, c.out_pad = 24;
-        check_gather(c, maps.tiled, rng, "tiled, both maps: sentinel rows zeroed");
-        c.e2r = &masked_inv;
-        c.H = 40, c.in_pad = 0, c.out_pad = 0, c.misalign = true;  // the element path
-        check_gather(c, maps.masked, rng, "masked, both maps, misaligned: dropped slots skipped");
-        c.row_map_too = false, c.misalign = false, c.H = 7;
-        check_gather(c, maps.masked, rng, "masked, expanded_to_row only: padding rows untouched");
-      }
-    }
-  }
+  for_each_gather_case(T, k, [&](GatherCase c) {
+    c.e2r = &maps.e2p, c.row_map_too = false;
+    c.H = 1064;  // two column chunks (bf16 pairs), the second partial
+    check_gather(c, maps.compact, rng, "compact, expanded_to_row only");
+    c.e2r = &tiled_inv, c.row_map_too = true;
+    c.H = 136, c.in_pad = 8, c.out_pad = 24;
+    check_gather(c, maps.tiled, rng, "tiled, both maps: sentinel rows zeroed");
+    c.e2r = &masked_inv;
+    c.H = 40, c.in_pad = 0, c.out_pad = 0, c.misalign = true;  // the element path
+    check_gather(c, maps.masked, rng, "masked, both maps, misaligned: dropped slots skipped");
+    c.row_map_too = false, c.misalign = false, c.H = 7;
+    check_gather(c, maps.masked, rng, "masked, expanded_to_row only: padding rows untouched");
+  });
 }
 
 TEST_CASE("gather: MiniMax shape (H = 6144, k = 2, bf16) and edge rows", "[moe][gather]") {

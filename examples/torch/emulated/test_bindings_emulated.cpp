@@ -169,11 +169,15 @@ void test_moe() {
   EXPECT(off.data_ptr<int64_t>()[E] == T * k, "offsets");
   at::Tensor hidden = make({T, Hd}, at::kBFloat16);
   for (int i = 0; i < T * Hd; ++i) hidden.data_ptr<__nv_bfloat16>()[i] = __float2bfloat16(nrm());
-  at::Tensor g = moe_gather(hidden, p2e, k, {}, {});
-  for (int r = 0; r < T * k; ++r)
+  at::Tensor g = moe_gather(hidden, p2e, k, {}, {}, {});
+  at::Tensor gt = moe_gather(hidden, {}, k, {}, {}, e2p);  // token by token, no row map
+  for (int r = 0; r < T * k; ++r) {
     EXPECT(std::memcmp(g.data_ptr<__nv_bfloat16>() + r * Hd, hidden.data_ptr<__nv_bfloat16>() + (ord[r] / k) * Hd,
                        2 * Hd) == 0,
            "gather row %d", r);
+    EXPECT(std::memcmp(gt.data_ptr<__nv_bfloat16>() + r * Hd, g.data_ptr<__nv_bfloat16>() + r * Hd, 2 * Hd) == 0,
+           "gather by token row %d", r);
+  }
   at::Tensor out = moe_combine(g, k, e2p, w, hidden, 0.5, at::kFloat);
   double maxerr = 0;
   for (int t = 0; t < T; ++t)
