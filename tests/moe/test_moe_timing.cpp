@@ -147,6 +147,15 @@ TEST_CASE("moe: timings at the goal shapes (printed on a GPU)", "[moe][timing]")
     g.out_dtype = DType::kBF16;
     g.out_row_stride = H;
     timed("gather H=6144 k=2 bf16 T=" + std::to_string(T), 2.0 * T * k * H * 2, [&] { return fm::gather(g, nullptr); });
+    // Token by token: the map's inverse as expanded_to_row, each token's row read once.
+    std::vector<int32_t> inv(map.size());
+    for (size_t r = 0; r < map.size(); ++r) inv[static_cast<size_t>(map[r])] = static_cast<int32_t>(r);
+    auto d_inv = upload(inv);
+    fm::GatherParams gt = g;
+    gt.row_map = nullptr;
+    gt.expanded_to_row = d_inv.data();
+    timed("gather by token H=6144 k=2 bf16 T=" + std::to_string(T), (1.0 + k) * T * H * 2,
+          [&] { return fm::gather(gt, nullptr); });
     fm::CombineParams c;
     c.expert_out = d_rows.data();
     c.expert_out_dtype = DType::kBF16;
