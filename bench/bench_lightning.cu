@@ -213,17 +213,22 @@ void register_all() {
         "lightning.prefill/H=" + std::to_string(H) + "/d=128/N=32768/seqs=varlen" + std::to_string(nv),
         prefill_cost(H, N, nv), [H, N](benchmark::State& s) { bench_prefill(s, H, N, 0, true); }, extra);
   }
-  // The per-call segment length (PrefillParams::segment_tokens; default 1024) at the headline
-  // length: fewer, longer segments read k and v a second time for fewer tokens but give fewer
-  // CTAs; 32768 turns segments off. The same bytes and floor as the default-length shape.
+  // The per-call segment length (PrefillParams::segment_tokens; default 1024): fewer, longer
+  // segments read k and v a second time for fewer tokens but give fewer CTAs (32768 turns
+  // segments off); shorter ones give more CTAs (N = 4096, H = 8 is 32 CTAs at the default, a
+  // quarter of the SMs) for more segment-state work and a longer scan. The same bytes and floor
+  // as the default-length shape.
   for (int H : {8, 64}) {
     for (int seqs : {1, 4}) {
-      for (int32_t seg : {2048, 4096, 32768}) {
-        const int64_t N = 32768;
-        add("lightning.prefill/H=" + std::to_string(H) + "/d=128/N=32768/seqs=" + std::to_string(seqs) +
-                "/seg=" + std::to_string(seg),
-            prefill_cost(H, N, seqs),
-            [H, N, seqs, seg](benchmark::State& s) { bench_prefill(s, H, N, seqs, false, seg); });
+      for (int64_t N : {int64_t{4096}, int64_t{32768}}) {
+        const std::vector<int32_t> segs =
+            N == 4096 ? std::vector<int32_t>{256, 512} : std::vector<int32_t>{512, 2048, 4096, 32768};
+        for (int32_t seg : segs) {
+          add("lightning.prefill/H=" + std::to_string(H) + "/d=128/N=" + std::to_string(N) +
+                  "/seqs=" + std::to_string(seqs) + "/seg=" + std::to_string(seg),
+              prefill_cost(H, N, seqs),
+              [H, N, seqs, seg](benchmark::State& s) { bench_prefill(s, H, N, seqs, false, seg); });
+        }
       }
     }
   }
