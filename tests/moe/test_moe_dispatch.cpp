@@ -477,6 +477,34 @@ void check_combine(const CombineCase& c, fulgur_test::Rng& rng, const std::strin
   const CombineRun got = run_combine(c, in, true);
   REQUIRE(got.err == cudaSuccess);
   const int64_t stride = c.H + c.pad;
+  // The documented order, exactly: fp32 fmas j = 0..k-1 ascending, then the residual's fma with
+  // the fp32 factor residual_scale * token_scale, one rounding to out_dtype. A kernel that
+  // accumulates in another order (or groups its loads and reorders the fmas) differs in the bits.
+  Tensor one(c.out, 1);
+  auto round_out = [&](double v) {
+    one.set(0, v);
+    return one.get(0);
+  };
+  size_t order_bad = 0;
+  for (int64_t t = 0; t < c.T; ++t) {
+    for (int64_t h = 0; h < c.H; ++h) {
+      float acc = 0.0f;
+      for (int j = 0; j < c.k; ++j) {
+        const int64_t i = t * c.k + j;
+        const int64_t row = c.map ? in.map[i] : i;
+        if (row < 0) continue;
+        const float w = c.weights ? static_cast<float>(in.w.get(i)) : 1.0f;
+        acc = std::fma(w, static_cast<float>(in.y.get(row * stride + h)), acc);
+      }
+      if (c.residual || c.in_place) {
+        const float rs = c.residual_scale * (c.residual && c.token_scale ? in.ts[t] : 1.0f);
+        const double r = in.res.get(t * stride + h);
+        acc = std::fma(rs, static_cast<float>(c.in_place ? round_out(r) : r), acc);
+      }
+      order_bad += !(got.out.get(t * stride + h) == round_out(acc));
+    }
+  }
+  CHECK(order_bad == 0);
   size_t bad = 0;
   double worst = 0;
   for (int64_t t = 0; t < c.T; ++t) {

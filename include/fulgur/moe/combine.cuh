@@ -7,7 +7,7 @@
 // per 128-thread block, so a decode batch still spreads over many warps. The token's k (row,
 // weight) pairs are staged in shared memory; each lane owns kGatherUnroll steps of V =
 // 16 / min(y, out element size) consecutive columns, loads them from each of the k rows with
-// 16-byte loads (a row's loads issued together), and accumulates in
+// 16-byte loads (the loads of 4 rows, 2 for fp32 rows, issued together), and accumulates in
 // fp32 with one fused multiply-add per term, j ascending (the spec's fixed order: the result
 // does not depend on scheduling or on the other tokens of the batch). The residual term is one
 // more fma with the fp32 product residual_scale * residual_token_scale[t]; the sum is rounded
@@ -73,21 +73,33 @@ FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) combine_kernel(const Comb
   for (int u = 0; u < kGatherUnroll; ++u)
     FULGUR_UNROLL
     for (int e = 0; e < V; ++e) acc[u][e] = 0.0f;
-  for (int j = 0; j < k; ++j) {
-    const int32_t row = s_row[warp][j];
-    if (row < 0) continue;  // dropped by a capacity: contributes nothing
-    const float w = s_w[warp][j];
-    const TY* yr = y + static_cast<int64_t>(row) * p.expert_out_row_stride;
-    float v[kGatherUnroll][V];
+  // The expert rows in groups of kGroup: a group's loads are all issued (kept as stored, 64
+  // registers) before its fmas, so a warp waits for ceil(k / kGroup) memory round trips instead
+  // of k (a decode batch has few warps to hide them). The fmas still run j ascending.
+  constexpr int kGroup = V * static_cast<int>(sizeof(TY)) <= 16 ? 4 : 2;
+  for (int j0 = 0; j0 < k; j0 += kGroup) {
+    TY raw[kGroup][kGatherUnroll][V];
     FULGUR_UNROLL
-    for (int u = 0; u < kGatherUnroll; ++u)
-      if (h0 + kStep * u < c1) load_vec<V>(yr + h0 + kStep * u, v[u]);
+    for (int g = 0; g < kGroup; ++g) {
+      const int32_t row = j0 + g < k ? s_row[warp][j0 + g] : -1;
+      if (row < 0) continue;  // past k, or dropped by a capacity: contributes nothing
+      const TY* yr = y + static_cast<int64_t>(row) * p.expert_out_row_stride;
+      FULGUR_UNROLL
+      for (int u = 0; u < kGatherUnroll; ++u)
+        if (h0 + kStep * u < c1) load_raw<V>(yr + h0 + kStep * u, raw[g][u]);
+    }
     FULGUR_UNROLL
-    for (int u = 0; u < kGatherUnroll; ++u)
-      if (h0 + kStep * u < c1) {
-        FULGUR_UNROLL
-        for (int e = 0; e < V; ++e) acc[u][e] = fmaf(w, v[u][e], acc[u][e]);
-      }
+    for (int g = 0; g < kGroup; ++g) {
+      const int32_t row = j0 + g < k ? s_row[warp][j0 + g] : -1;
+      if (row < 0) continue;
+      const float w = s_w[warp][j0 + g];
+      FULGUR_UNROLL
+      for (int u = 0; u < kGatherUnroll; ++u)
+        if (h0 + kStep * u < c1) {
+          FULGUR_UNROLL
+          for (int e = 0; e < V; ++e) acc[u][e] = fmaf(w, to_float(raw[g][u][e]), acc[u][e]);
+        }
+    }
   }
   if (has_residual) {  // read before out is written (out may alias the residual)
     float v[kGatherUnroll][V];

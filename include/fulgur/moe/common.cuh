@@ -77,16 +77,23 @@ struct VecWord {
   static constexpr int kCount = kBytes / static_cast<int>(sizeof(type));
 };
 
-/// Loads V consecutive elements at p (aligned to the vector word) and widens them to fp32.
+/// Loads V consecutive elements at p (aligned to the vector word) as stored: the first half of
+/// load_vec, for callers that keep several loads in flight before widening them.
 template <int V, typename T>
-FULGUR_DEVICE FULGUR_FORCEINLINE void load_vec(const T* __restrict__ p, float (&out)[V]) {
+FULGUR_DEVICE FULGUR_FORCEINLINE void load_raw(const T* __restrict__ p, T (&e)[V]) {
   using W = VecWord<V* static_cast<int>(sizeof(T))>;
   typename W::type raw[W::kCount];
   const typename W::type* src = reinterpret_cast<const typename W::type*>(p);
   FULGUR_UNROLL
   for (int i = 0; i < W::kCount; ++i) raw[i] = src[i];
-  T e[V];
   memcpy(e, raw, sizeof e);
+}
+
+/// Loads V consecutive elements at p (aligned to the vector word) and widens them to fp32.
+template <int V, typename T>
+FULGUR_DEVICE FULGUR_FORCEINLINE void load_vec(const T* __restrict__ p, float (&out)[V]) {
+  T e[V];
+  load_raw<V>(p, e);
   FULGUR_UNROLL
   for (int i = 0; i < V; ++i) out[i] = to_float(e[i]);
 }
