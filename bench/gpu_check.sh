@@ -173,6 +173,20 @@ summary="$out/summary.md"
 row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" | tee -a "$summary"; }
 count() { local n; n=$(grep -c -- "$1" "$2" 2>/dev/null); echo "${n:-0}"; }
 
+# Step 5b's default FULGUR_PROFILE (binary:benchmark-regex:kernel-regex:launches): the benchmarks
+# that miss their goals. A benchmark's full name ends in /iterations:N/manual_time, so a regex
+# anchored with $ after the shape matches nothing: each ends in /iterations instead (the dry run
+# checks that every entry names exactly one benchmark).
+default_profile="bench_lightning:^lightning\.prefill/H=8/d=128/N=32768/seqs=1/iterations:prefill:4"
+default_profile+=";bench_lightning:^lightning\.decode/H=8/d=128/B=64/iterations:decode_kernel:1"
+default_profile+=";bench_moe:^moe\.route/model=deepseek_v3/E=256/k=8/T=8192/iterations:route_kernel:1"
+default_profile+=";bench_moe:^moe\.permute/model=deepseek_v3/E=256/k=8/T=8192/iterations:permute:4"
+default_profile+=";bench_moe:^moe\.gather_by_token/model=qwen3/E=128/k=8/H=4096/T=32768/iterations:gather_by_token_kernel:1"
+default_profile+=";bench_token_drop:^token_drop\.fused/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1/iterations:fused|gather_rows:2"
+default_profile+=";bench_token_drop:^token_drop\.score/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1/iterations:score:2"
+default_profile+=";bench_moe:^moe\.route/model=deepseek_v3/E=256/k=8/T=1/iterations:route_kernel:1"  # 12.4 us for one token
+default_profile+=";bench_token_drop:^token_drop\.select/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1/iterations:select:1"
+
 # ---- dry run: the parts that need no GPU ---------------------------------------------------------
 if [ $dry = 1 ]; then
   fails=0
@@ -206,6 +220,22 @@ if [ $dry = 1 ]; then
       else echo "$msg" | tail -5; bad "$(basename "$b") without a GPU"; fi
     fi
   done
+  # Every profile entry names exactly one benchmark of its binary (one that matches none would
+  # leave profile.txt without that kernel on the card, and cost a device minute to find out).
+  prof_bad=""
+  IFS=';' read -r -a pentries <<<"${FULGUR_PROFILE:-$default_profile}"
+  for e in "${pentries[@]}"; do
+    pbin=${e%%:*}
+    rest=${e#*:}
+    pbench=${rest%%:*}
+    n=0
+    if [ -x "$bdir/bench/$pbin" ]; then
+      n=$({ "$bdir/bench/$pbin" --benchmark_list_tests --benchmark_filter="$pbench" 2>/dev/null || true; } | grep -c . || true)
+    fi
+    [ "$n" = 1 ] || prof_bad+=" $pbin:$pbench ($n)"
+  done
+  if [ -z "$prof_bad" ]; then ok "profile entries: ${#pentries[@]}, one benchmark each"; else
+    bad "profile entries not naming exactly one benchmark:$prof_bad"; fi
   # The prebuilt archive's round trip on this build's benchmarks: pack, unpack elsewhere, every CTest
   # path rewritten (none of the packing build's left), the binaries run from their new place.
   names=$(for b in $benches; do basename "$b"; done | tr '\n' ' ')
@@ -471,17 +501,6 @@ elif command -v compute-sanitizer >/dev/null; then
   done
 fi
 
-# 5b. profile: one ncu run per entry of FULGUR_PROFILE (binary:benchmark-regex:kernel-regex:launches),
-# the benchmarks that miss their goals by default; each kernel's sections as text into profile.txt.
-default_profile="bench_lightning:^lightning\.prefill/H=8/d=128/N=32768/seqs=1\$:prefill:4"
-default_profile+=";bench_lightning:^lightning\.decode/H=8/d=128/B=64\$:decode_kernel:1"
-default_profile+=";bench_moe:^moe\.route/model=deepseek_v3/E=256/k=8/T=8192\$:route_kernel:1"
-default_profile+=";bench_moe:^moe\.permute/model=deepseek_v3/E=256/k=8/T=8192\$:permute:4"
-default_profile+=";bench_moe:^moe\.gather/model=qwen3/E=128/k=8/H=4096/T=32768\$:gather_kernel:1"
-default_profile+=";bench_token_drop:^token_drop\.fused/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:fused|gather_rows:2"
-default_profile+=";bench_token_drop:^token_drop\.score/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:score:2"
-default_profile+=";bench_moe:^moe\.route/model=deepseek_v3/E=256/k=8/T=1\$:route_kernel:1"  # 12.4 us for one token
-default_profile+=";bench_token_drop:^token_drop\.select/model=llava_next/H=32/Hkv=32/D=4096/N=2880/L=2944/B=1\$:select:1"
 prof_sections=()
 for x in SpeedOfLight Occupancy LaunchStats WarpStateStats SchedulerStats MemoryWorkloadAnalysis \
   ComputeWorkloadAnalysis InstructionStats SourceCounters; do prof_sections+=(--section "$x"); done
