@@ -79,19 +79,19 @@ FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) combine_kernel(const Comb
   constexpr int kGroup = V * static_cast<int>(sizeof(TY)) <= 16 ? 4 : 2;
   for (int j0 = 0; j0 < k; j0 += kGroup) {
     TY raw[kGroup][kGatherUnroll][V];
+    int32_t row[kGroup];
     FULGUR_UNROLL
     for (int g = 0; g < kGroup; ++g) {
-      const int32_t row = j0 + g < k ? s_row[warp][j0 + g] : -1;
-      if (row < 0) continue;  // past k, or dropped by a capacity: contributes nothing
-      const TY* yr = y + static_cast<int64_t>(row) * p.expert_out_row_stride;
+      row[g] = j0 + g < k ? s_row[warp][j0 + g] : -1;
+      if (row[g] < 0) continue;  // past k, or dropped by a capacity: contributes nothing
+      const TY* yr = y + static_cast<int64_t>(row[g]) * p.expert_out_row_stride;
       FULGUR_UNROLL
       for (int u = 0; u < kGatherUnroll; ++u)
         if (h0 + kStep * u < c1) load_raw<V>(yr + h0 + kStep * u, raw[g][u]);
     }
     FULGUR_UNROLL
     for (int g = 0; g < kGroup; ++g) {
-      const int32_t row = j0 + g < k ? s_row[warp][j0 + g] : -1;
-      if (row < 0) continue;
+      if (row[g] < 0) continue;
       const float w = s_w[warp][j0 + g];
       FULGUR_UNROLL
       for (int u = 0; u < kGatherUnroll; ++u)

@@ -59,6 +59,15 @@ inline unsigned dispatch_chunks(int64_t H) {
   return static_cast<unsigned>((H + dispatch_chunk<V>() - 1) / dispatch_chunk<V>());
 }
 
+/// Zeroes this lane's columns h0, h0 + 32 V, ... below c1 of one output row (a sentinel row).
+template <int V, typename TOut>
+FULGUR_DEVICE FULGUR_FORCEINLINE void zero_chunk(TOut* __restrict__ out, int64_t h0, int64_t c1) {
+  float zero[V];
+  FULGUR_UNROLL
+  for (int e = 0; e < V; ++e) zero[e] = 0.0f;
+  for (int64_t h = h0; h < c1; h += 32 * V) store_vec<V>(out + h, zero);
+}
+
 template <typename TIn, typename TOut, bool kVector>
 FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) gather_kernel(const GatherParams p) {
   constexpr int V = kVector ? vec_elems<TIn, TOut>() : 1;
@@ -74,10 +83,7 @@ FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) gather_kernel(const Gathe
   TOut* __restrict__ out = static_cast<TOut*>(p.out) + r * p.out_row_stride;
 
   if (i < 0 || i >= rows) {  // sentinel (or an entry outside the contract): a zero row
-    float zero[V];
-    FULGUR_UNROLL
-    for (int e = 0; e < V; ++e) zero[e] = 0.0f;
-    for (int64_t h = c0 + lane * V; h < c1; h += kStep) store_vec<V>(out + h, zero);
+    zero_chunk<V>(out, c0 + lane * V, c1);
     return;
   }
   const int64_t t = i / p.top_k;
@@ -139,11 +145,7 @@ FULGUR_KERNEL void __launch_bounds__(kDispatchThreads) gather_by_token_kernel(co
     if (r >= p.num_rows) return;
     const int64_t i = p.row_map[r];
     if (i >= 0 && i < rows) return;  // a token warp writes this row
-    TOut* __restrict__ out = static_cast<TOut*>(p.out) + r * p.out_row_stride;
-    float zero[V];
-    FULGUR_UNROLL
-    for (int e = 0; e < V; ++e) zero[e] = 0.0f;
-    for (int64_t h = h0; h < c1; h += kStep) store_vec<V>(out + h, zero);
+    zero_chunk<V>(static_cast<TOut*>(p.out) + r * p.out_row_stride, h0, c1);
     return;
   }
 

@@ -127,10 +127,8 @@ FULGUR_DEVICE FULGUR_FORCEINLINE void route_token(const RouteParams& p, int64_t 
     const bool in = active && e < E;
     x[i] = in ? to_float(row[e]) : kNegInf;
     bias[i] = (kInRegisters && in && p.bias != nullptr) ? p.bias[e] : 0.0f;
-  }
-  FULGUR_UNROLL
-  for (int i = 0; i < kItems; ++i)
     if (!(x[i] != x[i]) && x[i] != kNegInf) avail |= 1u << i;
+  }
 
   // Softmax statistics over the available experts (butterflies: every lane gets the same bits).
   float m = kNegInf, z = 1.0f;
