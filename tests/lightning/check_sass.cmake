@@ -55,8 +55,8 @@ foreach(arch IN ITEMS 80 90a)
     fulgur_sass_next(rest section)
   endwhile()
   message(STATUS "sm_${arch}: ${n_prefill} prefill kernels, ${n_decode} decode kernels checked")
-  if(n_prefill LESS 16 OR n_decode LESS 24)
-    string(APPEND failures "sm_${arch}: expected 16 prefill (8 main, 8 segment-state) and 24 decode kernels (one-token and multi-token) in the "
+  if(n_prefill LESS 16 OR n_decode LESS 36)
+    string(APPEND failures "sm_${arch}: expected 16 prefill (8 main, 8 segment-state) and 36 decode kernels (one-token, streaming and multi-token) in the "
                            "SASS, found ${n_prefill} and ${n_decode}\n")
   endif()
 endforeach()

@@ -24,11 +24,13 @@ FULGUR_LT_PREFILL(128, 2, float)
 template __global__ void ltd::prefill_scan_kernel<64>(lt::PrefillParams, ltd::PrefillExtra);
 template __global__ void ltd::prefill_scan_kernel<128>(lt::PrefillParams, ltd::PrefillExtra);
 
-#define FULGUR_LT_DECODE(D, T)                                                       \
-  template __global__ void ltd::decode_kernel<D, false, T, false>(lt::DecodeParams); \
-  template __global__ void ltd::decode_kernel<D, true, T, false>(lt::DecodeParams);  \
-  template __global__ void ltd::decode_kernel<D, false, T, true>(lt::DecodeParams);  \
-  template __global__ void ltd::decode_kernel<D, true, T, true>(lt::DecodeParams);
+#define FULGUR_LT_DECODE_MODE(D, T, MODE)                                                          \
+  template __global__ void ltd::decode_kernel<D, false, T, ltd::DecodeMode::MODE>(lt::DecodeParams); \
+  template __global__ void ltd::decode_kernel<D, true, T, ltd::DecodeMode::MODE>(lt::DecodeParams);
+#define FULGUR_LT_DECODE(D, T)               \
+  FULGUR_LT_DECODE_MODE(D, T, kOneToken)     \
+  FULGUR_LT_DECODE_MODE(D, T, kStream)       \
+  FULGUR_LT_DECODE_MODE(D, T, kSteps)
 FULGUR_LT_DECODE(64, __nv_bfloat16)
 FULGUR_LT_DECODE(64, __half)
 FULGUR_LT_DECODE(64, float)

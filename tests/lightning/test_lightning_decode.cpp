@@ -117,6 +117,60 @@ TEST_CASE("lightning decode: column splits give identical bits (batch and split 
   }
 }
 
+TEST_CASE("lightning decode: the streaming kernel of large batches (batch x heads >= 512)", "[lightning]") {
+  // batch x heads >= 512 (no column split) runs the kernel that streams each thread's state
+  // pieces in groups (DecodeMode::kStream, decode.cuh); smaller grids load every piece first.
+  // Checked against the fp64 reference with padding rows among the batch, and bit for bit
+  // against the load-all kernel: row 0 of the big batch and row 0 alone (4 column splits) carry
+  // the same data and must give the same o and state bits.
+  for (int d : {64, 128})
+    for (StateLayout layout : {StateLayout::kKV, StateLayout::kVK}) {
+      // Sanitizer builds: one case (528 emulated CTAs take about a minute under ThreadSanitizer);
+      // the [dk][dv] kernel is the one with a shared-memory reduction and its barriers.
+      if (light() && (d == 128 || layout == StateLayout::kVK)) continue;
+      DecodeCase c;
+      c.d = d;
+      c.H = 8;
+      c.B = 66;  // 528 (row, head) pairs, two of the rows padding
+      c.layout = layout;
+      c.out = DType::kF32;
+      c.slots.resize(static_cast<size_t>(c.B));
+      for (int b = 0; b < c.B; ++b) c.slots[static_cast<size_t>(b)] = (b == 7 || b == 40) ? -1 : c.B + 1 - b;
+      const std::string name = "decode stream d" + std::to_string(d) + (layout == StateLayout::kVK ? " vk" : " kv");
+      INFO(name << ", splits " << lt::decode_splits(int64_t{c.B} * c.H));
+      REQUIRE(lt::decode_splits(int64_t{c.B} * c.H) == 1);
+      Rng rng(name);
+      FULGUR_INFO_SEED(rng);
+      const DecodeProblem big(c, rng);
+      const DecodeResult got = big.run_kernel();
+      Tolerance tol = tolerance_for(c.out);
+      tol.state = kStateTol;
+      compare(big, got, big.run_reference(), tol, big.pool0);
+
+      // Row 0 alone, slot 0 holding the big batch's slot for row 0.
+      DecodeCase c1 = c;
+      c1.B = 1;
+      c1.slots = {0};
+      REQUIRE(lt::decode_splits(int64_t{c1.B} * c1.H) == 4);
+      Rng rng1(name + " row 0");
+      DecodeProblem one(c1, rng1);
+      const int64_t row = int64_t{c.H} * c.d;
+      std::copy(big.q.begin(), big.q.begin() + row, one.q.begin());
+      std::copy(big.k.begin(), big.k.begin() + row, one.k.begin());
+      std::copy(big.v.begin(), big.v.begin() + row, one.v.begin());
+      const int64_t slot_elems = c.H * big.head_elems();
+      const int64_t slot0 = c.slots[0];
+      std::copy(big.pool0.begin() + slot0 * slot_elems, big.pool0.begin() + (slot0 + 1) * slot_elems,
+                one.pool0.begin());
+      one.slopes = big.slopes;
+      const DecodeResult alone = one.run_kernel();
+      REQUIRE(alone.err == cudaSuccess);
+      CHECK(std::memcmp(alone.o.data(), got.o.data(), static_cast<size_t>(row) * sizeof(float)) == 0);
+      CHECK(std::memcmp(alone.pool.data(), got.pool.data() + slot0 * slot_elems,
+                        static_cast<size_t>(slot_elems) * sizeof(float)) == 0);
+    }
+}
+
 TEST_CASE("lightning decode: prefill then decode equals a longer prefill", "[lightning]") {
   for (int d : {64, 128}) {
     if (light() && d == 128) continue;

@@ -11,7 +11,10 @@
 //    GPU; decode_splits() (traits.hpp) picks 1, 2 or 4 from batch x heads.
 //  - 2 * (dv / splits) threads; every thread owns d / 8 float4 pieces of the state, loaded and
 //    stored with 16-byte streaming accesses (ld/st.global.cs: the state is touched once per step
-//    and would only evict useful lines from L2), all loads issued before any arithmetic.
+//    and would only evict useful lines from L2). Split grids (batch x heads < 512) issue all
+//    loads before any arithmetic (one round trip); unsplit grids stream the pieces in groups of
+//    four, the next group's loads in flight while the current one is updated and stored
+//    (64 registers: 4 CTAs of 256 threads per SM; DecodeMode below).
 //      [dk][dv] layout: thread (row group r of 8, column chunk c) updates rows r, r + 8, ...
 //        of its 4 columns and accumulates q_i S_ij; the 8 row groups are summed in order
 //        through shared memory.
@@ -43,14 +46,31 @@ namespace detail {
 
 #if defined(__CUDACC__) || defined(FULGUR_EMULATE)
 
-/// kSteps: the multi-token path (num_steps > 1 or step_states): the state piece stays live in
-/// registers across the tokens, which costs registers (d = 128: ~215 against ~124 on sm_90a, one
-/// CTA per SM instead of two), so one-token calls keep a kernel that stores as it goes.
-template <int kD, bool kVK, typename Tin, bool kSteps>
+/// The three decode kernels (the same arithmetic, in the same order, per state element):
+///  - kOneToken: every piece loaded before any arithmetic. For small grids (batch x heads < 512,
+///    split columns), where all states fit the register file at once and latency dominates:
+///    each thread waits for one round trip.
+///  - kStream: one token, pieces streamed in groups (run()), 64 registers so 4 CTAs of 256
+///    threads fit an SM; for batch x heads >= 512 (no split), where the states of the grid do
+///    not fit the register file and the load-all kernel ran in two waves of all-loads then
+///    all-stores (62-68% of HBM bandwidth on the H200 at 512-1024, docs/design/lightning.md).
+///  - kSteps: several tokens per row (num_steps > 1 or step_states): the pieces stay live in
+///    registers across the tokens (d = 128: ~215 registers, one CTA per SM).
+enum class DecodeMode { kOneToken, kStream, kSteps };
+
+template <int kD, bool kVK, typename Tin, DecodeMode kMode>
 struct DecodeKernel {
+  static constexpr bool kSteps = kMode == DecodeMode::kSteps;
   static constexpr int kRowsPerThread = kD / 8;  // float4 pieces of the state per thread
   static constexpr int kMaxThreads = 2 * kD;     // splits == 1
   static constexpr int kLanesPerRow = kD / 4;    // [dv][dk]: lanes sharing one row of S^T
+  /// Pieces per group (see run()): kStream streams groups of 4, the others keep all pieces as
+  /// one group.
+  static constexpr int kGroup = kMode == DecodeMode::kStream ? 4 : kRowsPerThread;
+  static constexpr int kGroups = kRowsPerThread / kGroup;
+  /// CTAs per SM each kernel is built for (its __launch_bounds__): kStream 1024 threads, i.e. at
+  /// most 64 registers per thread, which two groups of pieces leave room for.
+  static constexpr int kMinBlocks = kMode == DecodeMode::kStream ? 1024 / kMaxThreads : 1;
   using In = Input<Tin>;
 
   /// Widen (and SiLU) n contiguous input elements into shared memory, 16 bytes per thread step.
@@ -99,28 +119,37 @@ struct DecodeKernel {
     const bool slot_ok = slot < p.num_slots;
     float* const S = p.state + (slot_ok ? slot : 0) * pool_stride + h * head_elems;
 
-    // Issue the state loads first (the dominant traffic), then stage q, k, v.
-    float4 st[kRowsPerThread];
-    int row_of[kRowsPerThread];  // [dk][dv]: row i of S; [dv][dk]: row j of S^T
-    int chunk;                   // which float4 of the row
+    // Piece k of this thread is float4 number `chunk` of row row_first + k * row_step ([dk][dv]:
+    // row i of S; [dv][dk]: row j of S^T). Addresses come from one base pointer (with
+    // compile-time offsets for [dk][dv]) rather than one 64-bit address per piece.
+    int row_first, row_step, chunk;
     if (!kVK) {
       const int chunks = cols / 4;
-      const int r = tid / chunks;
+      row_first = tid / chunks;
+      row_step = 8;
       chunk = j0 / 4 + tid % chunks;
-#pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k) row_of[k] = r + 8 * k;
     } else {
-      const int rows_per_pass = threads / kLanesPerRow;
-      const int r = tid / kLanesPerRow;
+      row_step = threads / kLanesPerRow;  // rows per pass of the CTA
+      row_first = j0 + tid / kLanesPerRow;
       chunk = tid % kLanesPerRow;
-#pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k) row_of[k] = j0 + k * rows_per_pass + r;
     }
-    if (slot_ok) {
+    float* const Sp = S + int64_t{row_first} * kD + 4 * chunk;
+    const auto piece_offset = [&](int k) { return (kVK ? k * row_step : 8 * k) * kD; };
+
+    // The pieces in groups of kGroup: st holds the group being updated, next the one in flight.
+    // kStream: group g + 1's loads are issued before group g is updated and stored, so a
+    // thread holds two groups rather than every piece (registers for kMinBlocks CTAs per SM
+    // instead of 2) and each CTA's loads overlap its stores. The other kernels have one group
+    // (kSteps keeps it live across the tokens). Each piece sees the same operations in the same
+    // order whatever the kernel, so results do not depend on which one runs.
+    float4 st[kGroup];
+    float4 next[kGroup];  // unused (optimized out) when kGroups == 1
+    const auto load_group = [&](float4(&dst)[kGroup], int g) {
 #pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k)
-        st[k] = __ldcs(reinterpret_cast<const float4*>(S + int64_t{row_of[k]} * kD + 4 * chunk));
-    }
+      for (int e = 0; e < kGroup; ++e)
+        dst[e] = __ldcs(reinterpret_cast<const float4*>(Sp + piece_offset(g * kGroup + e)));
+    };
+    if (slot_ok) load_group(st, 0);  // the dominant traffic first, then stage q, k, v
 
     // lambda = exp(-s) in fp64, applied as hi + lo: decode multiplies a state entry by it once per
     // token for as long as the entry lives, so a one-sided fp32 error would compound into a
@@ -154,64 +183,67 @@ struct DecodeKernel {
       float* const Sout = kSteps && p.step_states != nullptr
                               ? p.step_states + (int64_t{b} * steps + t) * step_stride + h * head_elems
                               : nullptr;
-      if (!kVK) {
-        // S[i][j] = lambda S[i][j] + k_i v_j for this thread's rows i and columns j = 4 chunk + e.
-        const int r = row_of[0];
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        const float4 vj = make_float4(sv[4 * chunk], sv[4 * chunk + 1], sv[4 * chunk + 2], sv[4 * chunk + 3]);
-#pragma unroll
-        for (int kk = 0; kk < kRowsPerThread; ++kk) {
-          const int i = row_of[kk];
-          const float ki = sk[i], qi = sq[i];
-          float4 s = st[kk];
-          s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, ki * vj.x));
-          s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, ki * vj.y));
-          s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, ki * vj.z));
-          s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, ki * vj.w));
-          if (kSteps) st[kk] = s;
-          if (last) __stcs(reinterpret_cast<float4*>(S + int64_t{i} * kD + 4 * chunk), s);
-          if (Sout != nullptr) __stcs(reinterpret_cast<float4*>(Sout + int64_t{i} * kD + 4 * chunk), s);
-          acc.x = fmaf(qi, s.x, acc.x);
-          acc.y = fmaf(qi, s.y, acc.y);
-          acc.z = fmaf(qi, s.z, acc.z);
-          acc.w = fmaf(qi, s.w, acc.w);
+      // [dk][dv]: S[i][j] = lambda S[i][j] + k_i v_j for this thread's rows i and columns
+      // j = 4 chunk + e, accumulating q_i S[i][j] over its rows in order (acc).
+      // [dv][dk]: S^T[j][i] = lambda S^T[j][i] + v_j k_i for this thread's rows j and
+      // i = 4 chunk + e; o_j = sum_i q_i S^T[j][i] over the row's lanes (a fixed shuffle tree).
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 c4 = !kVK ? make_float4(sv[4 * chunk], sv[4 * chunk + 1], sv[4 * chunk + 2], sv[4 * chunk + 3])
+                             : make_float4(sk[4 * chunk], sk[4 * chunk + 1], sk[4 * chunk + 2], sk[4 * chunk + 3]);
+      const float4 qi4 = kVK ? make_float4(sq[4 * chunk], sq[4 * chunk + 1], sq[4 * chunk + 2], sq[4 * chunk + 3])
+                             : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 1
+      for (int g = 0; g < kGroups; ++g) {
+        if constexpr (kGroups > 1) {
+          if (slot_ok && g + 1 < kGroups) load_group(next, g + 1);
         }
+#pragma unroll
+        for (int e = 0; e < kGroup; ++e) {
+          const int kk = g * kGroup + e;
+          const int r = row_first + kk * row_step;  // i for [dk][dv], j for [dv][dk]
+          const float a = !kVK ? sk[r] : sv[r];      // the row's factor of the rank-1 update
+          float4 s = st[e];
+          s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, a * c4.x));
+          s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, a * c4.y));
+          s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, a * c4.z));
+          s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, a * c4.w));
+          if (kSteps) st[e] = s;
+          if (last) __stcs(reinterpret_cast<float4*>(Sp + piece_offset(kk)), s);
+          if (Sout != nullptr) __stcs(reinterpret_cast<float4*>(Sout + int64_t{r} * kD + 4 * chunk), s);
+          if (!kVK) {
+            const float qi = sq[r];
+            acc.x = fmaf(qi, s.x, acc.x);
+            acc.y = fmaf(qi, s.y, acc.y);
+            acc.z = fmaf(qi, s.z, acc.z);
+            acc.w = fmaf(qi, s.w, acc.w);
+          } else {
+            float part = qi4.x * s.x;
+            part = fmaf(qi4.y, s.y, part);
+            part = fmaf(qi4.z, s.z, part);
+            part = fmaf(qi4.w, s.w, part);
+#pragma unroll
+            for (int off = kLanesPerRow / 2; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
+            if (chunk == 0) so[r - j0] = part;
+          }
+        }
+        if constexpr (kGroups > 1) {
+#pragma unroll
+          for (int e = 0; e < kGroup; ++e) st[e] = next[e];
+        }
+      }
+      if (!kVK) {
+        // The 8 row groups' partial sums, added in order through shared memory.
         const int jl = 4 * chunk - j0;  // local column
-        red[r][jl] = acc.x;
-        red[r][jl + 1] = acc.y;
-        red[r][jl + 2] = acc.z;
-        red[r][jl + 3] = acc.w;
+        red[row_first][jl] = acc.x;
+        red[row_first][jl + 1] = acc.y;
+        red[row_first][jl + 2] = acc.z;
+        red[row_first][jl + 3] = acc.w;
         __syncthreads();
         for (int j = tid; j < cols; j += threads) {
           float o = red[0][j];
 #pragma unroll
           for (int g = 1; g < 8; ++g) o += red[g][j];
           so[j] = o;
-        }
-      } else {
-        // S^T[j][i] = lambda S^T[j][i] + v_j k_i for this thread's rows j and i = 4 chunk + e;
-        // o_j = sum_i q_i S^T[j][i] over the row's lanes.
-        const float4 ki = make_float4(sk[4 * chunk], sk[4 * chunk + 1], sk[4 * chunk + 2], sk[4 * chunk + 3]);
-        const float4 qi = make_float4(sq[4 * chunk], sq[4 * chunk + 1], sq[4 * chunk + 2], sq[4 * chunk + 3]);
-#pragma unroll
-        for (int kk = 0; kk < kRowsPerThread; ++kk) {
-          const int j = row_of[kk];
-          const float vj = sv[j];
-          float4 s = st[kk];
-          s.x = fmaf(lambda, s.x, fmaf(lambda_lo, s.x, vj * ki.x));
-          s.y = fmaf(lambda, s.y, fmaf(lambda_lo, s.y, vj * ki.y));
-          s.z = fmaf(lambda, s.z, fmaf(lambda_lo, s.z, vj * ki.z));
-          s.w = fmaf(lambda, s.w, fmaf(lambda_lo, s.w, vj * ki.w));
-          if (kSteps) st[kk] = s;
-          if (last) __stcs(reinterpret_cast<float4*>(S + int64_t{j} * kD + 4 * chunk), s);
-          if (Sout != nullptr) __stcs(reinterpret_cast<float4*>(Sout + int64_t{j} * kD + 4 * chunk), s);
-          float part = qi.x * s.x;
-          part = fmaf(qi.y, s.y, part);
-          part = fmaf(qi.z, s.z, part);
-          part = fmaf(qi.w, s.w, part);
-#pragma unroll
-          for (int off = kLanesPerRow / 2; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
-          if (chunk == 0) so[j - j0] = part;
         }
       }
       // Also orders this token's reads of sq/sk/sv (and red) before the next token's staging.
@@ -223,9 +255,10 @@ struct DecodeKernel {
   }
 };
 
-template <int kD, bool kVK, typename Tin, bool kSteps>
-FULGUR_KERNEL void __launch_bounds__(2 * kD, 1) decode_kernel(DecodeParams p) {
-  DecodeKernel<kD, kVK, Tin, kSteps>::run(p);
+template <int kD, bool kVK, typename Tin, DecodeMode kMode>
+FULGUR_KERNEL void __launch_bounds__(2 * kD, (DecodeKernel<kD, kVK, Tin, kMode>::kMinBlocks))
+    decode_kernel(DecodeParams p) {
+  DecodeKernel<kD, kVK, Tin, kMode>::run(p);
 }
 
 #endif  // __CUDACC__ || FULGUR_EMULATE
@@ -255,15 +288,26 @@ cudaError_t decode(const Params& p, cudaStream_t stream = nullptr) {
                   static_cast<unsigned>(splits));
   const bool vk = p.state_layout == StateLayout::kVK;
   const bool steps = p.num_steps > 1 || p.step_states != nullptr;  // the multi-token kernel
+  using detail::DecodeMode;
   return FULGUR_DISPATCH_VALUE(int, p.dk, kD, (FULGUR_LIGHTNING_HEAD_DIMS), {
     const dim3 block(static_cast<unsigned>(2 * kD / splits));
     return FULGUR_DISPATCH_DTYPE(p.qkv_dtype, Tin, {
       if (steps) {
-        return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin, true>, grid, block, 0, stream, p)
-                  : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin, true>, grid, block, 0, stream, p);
+        return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin, DecodeMode::kSteps>, grid, block, 0,
+                                             stream, p)
+                  : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin, DecodeMode::kSteps>, grid, block,
+                                             0, stream, p);
       }
-      return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin, false>, grid, block, 0, stream, p)
-                : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin, false>, grid, block, 0, stream, p);
+      if (splits == 1) {  // a large grid: stream
+        return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin, DecodeMode::kStream>, grid, block,
+                                             0, stream, p)
+                  : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin, DecodeMode::kStream>, grid, block,
+                                             0, stream, p);
+      }
+      return vk ? ::fulgur::detail::launch(detail::decode_kernel<kD, true, Tin, DecodeMode::kOneToken>, grid, block, 0,
+                                           stream, p)
+                : ::fulgur::detail::launch(detail::decode_kernel<kD, false, Tin, DecodeMode::kOneToken>, grid, block,
+                                           0, stream, p);
     });
   });
 }
