@@ -151,7 +151,10 @@ void bench_prefill(benchmark::State& st, int H, int64_t N, int seqs, bool varlen
   });
 }
 
-void bench_decode(benchmark::State& st, int H, int64_t B, int steps = 1) {
+/// load_all: launch the load-all one-token kernel (DecodeMode::kOneToken) on the unsplit grid
+/// that decode() gives the streaming kernel, so one run compares the two at B x H >= 512
+/// (docs/design/lightning.md, "Streaming the state for large batches").
+void bench_decode(benchmark::State& st, int H, int64_t B, int steps = 1, bool load_all = false) {
 #if FULGUR_BENCH_HAVE_DECODE
   const Cost cost = decode_cost(H, B, steps);
   const int copies = rotation_copies(cost.bytes);
@@ -184,11 +187,26 @@ void bench_decode(benchmark::State& st, int H, int64_t B, int steps = 1) {
     p.slot_ids = d_slots.data();
   }
   FULGUR_BENCH_CHECK(st, cudaDeviceSynchronize());
+  if (load_all) {
+    if (steps != 1 || lt::decode_splits(B * H) != 1) {
+      st.SkipWithError("the load-all comparison is for one-token calls with B x H >= 512");
+      for (auto _ : st) {
+      }
+      return;
+    }
+    run_timed(st, cost, copies, [&](int c, cudaStream_t s) {
+      lt::detail::decode_kernel<kD, false, __nv_bfloat16, lt::detail::DecodeMode::kOneToken>
+          <<<dim3(static_cast<unsigned>(B), static_cast<unsigned>(H), 1), dim3(2 * kD), 0, s>>>(ps[c]);
+      return cudaGetLastError();
+    });
+    return;
+  }
   run_timed(st, cost, copies, [&](int c, cudaStream_t s) { return lt::decode(ps[c], s); });
 #else
   (void)H;
   (void)B;
   (void)steps;
+  (void)load_all;
   st.SkipWithError("fulgur::lightning decode is not in this build (include/fulgur/lightning/decode.cuh missing)");
   for (auto _ : st) {
   }
@@ -236,6 +254,15 @@ void register_all() {
     for (int64_t B : {1, 16, 64, 256}) {
       add("lightning.decode/H=" + std::to_string(H) + "/d=128/B=" + std::to_string(B), decode_cost(H, B),
           [H, B](benchmark::State& s) { bench_decode(s, H, B); });
+    }
+  }
+  // The load-all one-token kernel on the same unsplit grids (B x H >= 512), beside the
+  // streaming kernel decode() runs there: same bytes and floor.
+  for (int H : {8, 64}) {
+    for (int64_t B : {16, 64, 256}) {
+      if (B * H < 512) continue;
+      add("lightning.decode/H=" + std::to_string(H) + "/d=128/B=" + std::to_string(B) + "/kernel=load_all",
+          decode_cost(H, B), [H, B](benchmark::State& s) { bench_decode(s, H, B, 1, true); });
     }
   }
   // Speculative decoding: 4 tokens per row in one call (the state read and written once).
