@@ -8,7 +8,7 @@
 #   - ptxas reports a resource line for every kernel, each with a 0-byte stack frame and 0 bytes
 #     of spill stores and loads;
 #   - every prefill kernel's (main and segment-state) SASS holds HMMA (tensor-core mma.sync), LDSM (ldmatrix) and
-#     LDG.E[.mod].128 (16-byte global loads of q, k, v);
+#     LDG.E[.mod].128 or LDGSTS.E[.mod].128 (16-byte global loads of q, k, v, the latter cp.async);
 #   - every decode kernel's SASS holds 16-byte global loads and stores of the state
 #     (LDG.E.EF.128 / STG.E.EF.128: evict-first).
 # The registers per kernel are printed (docs/lightning.md quotes them).
@@ -36,10 +36,12 @@ foreach(arch IN ITEMS 80 90a)
     set(hmma "HMMA")
     set(ldsm "LDSM")
     set(ldg128 "LDG\\.E(\\.[A-Z]+)*\\.128")
+    # The bf16 one-term prefill copies q, k, v with cp.async (LDGSTS.E.BYPASS.128), which counts.
+    set(ldg128_or_cp "LDG(STS)?\\.E(\\.[A-Z]+)*\\.128")
     set(stg128 "STG\\.E(\\.[A-Z]+)*\\.128")
     set(required "")
     if(header MATCHES "prefill_kernel|prefill_segment_state_kernel")
-      set(required hmma ldsm ldg128)
+      set(required hmma ldsm ldg128_or_cp)
       math(EXPR n_prefill "${n_prefill} + 1")
     elseif(header MATCHES "decode_kernel")
       set(required ldg128 stg128)

@@ -27,10 +27,12 @@
 //    terms as loaded (kTerms = 2), and products of two split operands keep the hi*hi, hi*lo and
 //    lo*hi terms. The compounding decay lambda^m is applied as fp32 hi + lo. Measured errors:
 //    docs/design/lightning.md.
-//  - Per block: Q, K, V (converted to bf16 terms, SiLU applied) in shared memory, 16-byte global
-//    loads prefetched into registers one block ahead (16-bit inputs); P = Q K^T split across
-//    warps into shared memory; then every warp computes O and the state update for its 16
-//    columns. Three __syncthreads per block. Deterministic: fixed summation order, no atomics.
+//  - Per block: Q, K, V (converted to bf16 terms, SiLU applied) in shared memory; P = Q K^T split
+//    across warps into shared memory; then every warp computes O and the state update for its 16
+//    columns. bf16 inputs without SiLU (one term, nothing to convert) are copied by cp.async into
+//    a second buffer one block ahead: two __syncthreads per block. Other inputs go through
+//    registers (16-byte loads prefetched one block ahead for 16-bit inputs), converted and
+//    stored: three __syncthreads per block. Deterministic: fixed summation order, no atomics.
 //  - The device checks the index arrays first (a 1-CTA kernel that also builds the work lists);
 //    the other kernels read its verdict from the workspace and write nothing when they are bad.
 #pragma once
@@ -38,6 +40,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "fulgur/arch/cp_async.cuh"
 #include "fulgur/arch/ldmatrix.cuh"
 #include "fulgur/arch/mma.cuh"
 #include "fulgur/detail/config.hpp"
@@ -169,11 +172,19 @@ struct PrefillKernel {
   static constexpr int kChunksPerRow = kD / In::kPerChunk;
   static constexpr int kChunksPerThread = kBlock * kChunksPerRow / kThreads;
   static_assert(kBlock * kChunksPerRow % kThreads == 0, "the load tile must divide evenly");
-  /// Prefetch the next block's raw chunks into registers while this one computes: 16-bit inputs
-  /// only (3 x kChunksPerThread x 16 B = 48 registers per thread); f32 would need 96.
-  static constexpr bool kPrefetch = sizeof(Tin) == 2;
+  /// bf16 inputs taken as they are (one term, no SiLU: no conversion on the way to shared
+  /// memory): cp.async copies the next block's Q, K, V straight into a second shared-memory
+  /// buffer while this block computes (no registers held, no store phase, two barriers per
+  /// block instead of three).
+  static constexpr bool kAsync = kTerms == 1 && std::is_same<Tin, __nv_bfloat16>::value;
+  /// Otherwise prefetch the next block's raw chunks into registers while this one computes:
+  /// 16-bit inputs only (3 x kChunksPerThread x 16 B = 48 registers per thread); f32 would need 96.
+  static constexpr bool kPrefetch = !kAsync && sizeof(Tin) == 2;
   static constexpr int kTermStride = kBlock * kPitch;    // elements between terms of Q, K, V
   static constexpr int kPTermStride = kBlock * kPPitch;  // ... of P
+  static constexpr int kBuffers = kAsync ? 2 : 1;        // Q, K, V buffers
+  static constexpr int kBufferStride = 3 * kTerms * kTermStride;  // elements from one to the next
+  static constexpr size_t kSmemBytes = Tile::smem_bytes(kTerms, kBuffers);
 
   struct Smem {
     __nv_bfloat16* q;
@@ -244,6 +255,41 @@ struct PrefillKernel {
         if (kTerms == 2) *reinterpret_cast<uint2*>(d + kTermStride) = make_uint2(lo[0], lo[1]);
       }
     }
+  }
+
+  /// kAsync: cp.async tensors kFirst..2 of the block at row0 with m rows into the buffer `dst`
+  /// (rows past the block's end zero-filled), as one commit group.
+  template <int kFirst>
+  FULGUR_DEVICE FULGUR_FORCEINLINE static void load_async(const PrefillParams& p, const Smem& dst, int h,
+                                                          int64_t row0, int m, int tid) {
+#pragma unroll
+    for (int x = kFirst; x < 3; ++x) {
+      const Tin* base = static_cast<const Tin*>(x == 0 ? p.q : (x == 1 ? p.k : p.v));
+      const int64_t st = x == 0 ? p.q_stride_token : (x == 1 ? p.k_stride_token : p.v_stride_token);
+      const int64_t sh = x == 0 ? p.q_stride_head : (x == 1 ? p.k_stride_head : p.v_stride_head);
+      __nv_bfloat16* const d = x == 0 ? dst.q : (x == 1 ? dst.k : dst.v);
+#pragma unroll
+      for (int i = 0; i < kChunksPerThread; ++i) {
+        const int c = tid + i * kThreads;
+        const int r = c / kChunksPerRow;
+        const int cc = c % kChunksPerRow;
+        __nv_bfloat16* const sd = d + r * kPitch + cc * In::kPerChunk;
+        if (r < m) {
+          ::fulgur::arch::cp_async_16(sd, base + (row0 + r) * st + h * sh + cc * In::kPerChunk);
+        } else {
+          ::fulgur::arch::cp_async_16_zfill(sd, base, 0);  // rows past the block's end are zero
+        }
+      }
+    }
+    ::fulgur::arch::cp_async_commit();
+  }
+  /// The Smem view of Q, K, V buffer `buf` (P and the decay tables are shared).
+  FULGUR_DEVICE FULGUR_FORCEINLINE static Smem buffer(const Smem& s, int buf) {
+    Smem b = s;
+    b.q = s.q + buf * kBufferStride;
+    b.k = s.k + buf * kBufferStride;
+    b.v = s.v + buf * kBufferStride;
+    return b;
   }
 
   /// Tensors kFirst..2 (q, k, v; the segment-state kernel skips q).
@@ -556,7 +602,7 @@ struct PrefillKernel {
     s.q = smem_base;
     s.k = s.q + kTerms * kTermStride;
     s.v = s.k + kTerms * kTermStride;
-    s.p = s.v + kTerms * kTermStride;
+    s.p = s.q + kBuffers * kBufferStride;
     s.decay = reinterpret_cast<float*>(s.p + 2 * kPTermStride);
     s.decay_lo = s.decay + kBlock + 1;
 
@@ -619,38 +665,55 @@ struct PrefillKernel {
     const int32_t num_blocks = (seg_end - seg_begin + kBlock - 1) / kBlock;
     constexpr int kFirst = kStateOnly ? 1 : 0;  // the segment-state kernel reads only k and v
     Raw raw;
-    if (kPrefetch && num_blocks > 0) {
-      load_raw<kFirst>(raw, p, h, int64_t{row0} + seg_begin,
-                       static_cast<int>(seg_end - seg_begin < kBlock ? seg_end - seg_begin : kBlock), tid);
+    if (num_blocks > 0) {
+      const int m0 = static_cast<int>(seg_end - seg_begin < kBlock ? seg_end - seg_begin : kBlock);
+      if (kAsync) {
+        load_async<kFirst>(p, s, h, int64_t{row0} + seg_begin, m0, tid);
+      } else if (kPrefetch) {
+        load_raw<kFirst>(raw, p, h, int64_t{row0} + seg_begin, m0, tid);
+      }
     }
 
     for (int32_t blk = 0; blk < num_blocks; ++blk) {
       const int32_t start = seg_begin + blk * kBlock;  // position in the sequence
       const int m = static_cast<int>(seg_end - start < kBlock ? seg_end - start : kBlock);
-      if (kPrefetch) {
-        store_raw<kFirst>(raw, s, p.silu_qkv, tid);
-      } else {
-        load_store_direct<kFirst>(p, s, h, int64_t{row0} + start, m, tid);
-      }
-      __syncthreads();  // Q, K, V (and, the first time, the decay table) are visible
       const int32_t next_start = start + kBlock;
-      if (kPrefetch && blk + 1 < num_blocks) {  // the next block's loads are in flight during compute
-        load_raw<kFirst>(raw, p, h, int64_t{row0} + next_start,
-                         static_cast<int>(seg_end - next_start < kBlock ? seg_end - next_start : kBlock), tid);
+      const int m_next = static_cast<int>(seg_end - next_start < kBlock ? seg_end - next_start : kBlock);
+      if (kAsync) {
+        ::fulgur::arch::cp_async_wait<0>();  // this thread's copies of this block have landed
+        // Everyone's copies are visible, and every warp is done with the previous block (its
+        // buffer, which the next copies overwrite, and P); the first time, the decay table too.
+        __syncthreads();
+        if (blk + 1 < num_blocks) {
+          load_async<kFirst>(p, buffer(s, (blk + 1) & 1), h, int64_t{row0} + next_start, m_next, tid);
+        }
+      } else {
+        if (kPrefetch) {
+          store_raw<kFirst>(raw, s, p.silu_qkv, tid);
+        } else {
+          load_store_direct<kFirst>(p, s, h, int64_t{row0} + start, m, tid);
+        }
+        __syncthreads();  // Q, K, V (and, the first time, the decay table) are visible
+        if (kPrefetch && blk + 1 < num_blocks) {  // the next block's loads are in flight during compute
+          load_raw<kFirst>(raw, p, h, int64_t{row0} + next_start, m_next, tid);
+        }
       }
+      const Smem cur = kAsync ? buffer(s, blk & 1) : s;
       if (!kStateOnly) {
-        scores(s, w, lane);
+        scores(cur, w, lane);
         __syncthreads();  // P is visible
-        output(p, s, sacc, int64_t{row0} + start, h, m, w, lane);
+        output(p, cur, sacc, int64_t{row0} + start, h, m, w, lane);
       }
-      update_state(s, sacc, m, w, lane);
+      update_state(cur, sacc, m, w, lane);
       // Checkpoint: the state after (start + m) tokens when that is a multiple of the interval
       // (the interval is a multiple of kBlock, so only full blocks can end on one).
       if (checkpointing && (start + m) % p.checkpoint_interval == 0) {
         const int64_t crow = ckpt_row0 + (int64_t{start} + m) / p.checkpoint_interval - 1;
         write_state(sacc, p.checkpoints + crow * slot_elems + h * head_elems, p.state_layout, w, lane);
       }
-      __syncthreads();  // every warp is done with Q, K, V, P before they are refilled
+      // Every warp is done with Q, K, V, P before they are refilled (kAsync: the next block's
+      // first barrier does it, the copies going to the other buffer).
+      if (!kAsync) __syncthreads();
     }
 
     if (kStateOnly) {
@@ -742,7 +805,7 @@ template <int kD, int kTerms, typename Tin>
 cudaError_t launch_prefill(const PrefillParams& p, const PrefillExtra& extra, int64_t groups, int64_t seg_items,
                            cudaStream_t stream) {
   using Tile = PrefillTile<kD>;
-  const size_t smem = Tile::smem_bytes(kTerms);
+  const size_t smem = PrefillKernel<kD, kTerms, Tin>::kSmemBytes;
   const unsigned heads = static_cast<unsigned>(p.num_heads);
   if (groups > 0) {
     cudaError_t e = ::fulgur::detail::launch(prefill_segment_state_kernel<kD, kTerms, Tin>,

@@ -77,11 +77,12 @@ struct PrefillTile {
   static constexpr int kColGroups = kWarps / 4;
   static constexpr int kKeysPerWarp = kBlock / kColGroups;
   static constexpr int kScoreTiles = kKeysPerWarp / 8;  // n8 tiles per warp
-  /// Shared memory: Q, K, V as kTerms bf16 terms each (1 for bf16 inputs, 2 when the inputs need
-  /// a hi + lo split to keep their precision), P as two terms, and the decay tables
+  /// Shared memory: `buffers` copies of Q, K, V as `terms` bf16 terms each (1 for bf16 inputs, 2
+  /// when the inputs need a hi + lo split to keep their precision; two buffers when the next
+  /// block is copied in by cp.async during this one), P as two terms, and the decay tables
   /// lambda^0..lambda^kBlock (hi and lo).
-  static constexpr size_t smem_bytes(int terms) {
-    return (static_cast<size_t>(terms) * 3 * kBlock * kPitch + 2 * kBlock * kPPitch) * 2 +
+  static constexpr size_t smem_bytes(int terms, int buffers = 1) {
+    return (static_cast<size_t>(buffers) * terms * 3 * kBlock * kPitch + 2 * kBlock * kPPitch) * 2 +
            2 * (kBlock + 1) * sizeof(float);
   }
 };
