@@ -200,12 +200,21 @@ struct PrefillKernel {
     uint4 c[3][kChunksPerThread];
   };
 
+  /// Tensor x (0 = q, 1 = k, 2 = v): its elements and strides (token, head).
+  struct Source {
+    const Tin* base;
+    int64_t st, sh;
+  };
+  FULGUR_DEVICE FULGUR_FORCEINLINE static Source source(const PrefillParams& p, int x) {
+    return {static_cast<const Tin*>(x == 0 ? p.q : (x == 1 ? p.k : p.v)),
+            x == 0 ? p.q_stride_token : (x == 1 ? p.k_stride_token : p.v_stride_token),
+            x == 0 ? p.q_stride_head : (x == 1 ? p.k_stride_head : p.v_stride_head)};
+  }
+
   /// Global -> registers: tensor x (0 = q, 1 = k, 2 = v) of the block at row0 with m rows.
   FULGUR_DEVICE FULGUR_FORCEINLINE static void load_tensor(uint4 (&raw)[kChunksPerThread], const PrefillParams& p,
                                                            int x, int h, int64_t row0, int m, int tid) {
-    const Tin* base = static_cast<const Tin*>(x == 0 ? p.q : (x == 1 ? p.k : p.v));
-    const int64_t st = x == 0 ? p.q_stride_token : (x == 1 ? p.k_stride_token : p.v_stride_token);
-    const int64_t sh = x == 0 ? p.q_stride_head : (x == 1 ? p.k_stride_head : p.v_stride_head);
+    const auto [base, st, sh] = source(p, x);
 #pragma unroll
     for (int i = 0; i < kChunksPerThread; ++i) {
       const int c = tid + i * kThreads;
@@ -264,9 +273,7 @@ struct PrefillKernel {
                                                           int64_t row0, int m, int tid) {
 #pragma unroll
     for (int x = kFirst; x < 3; ++x) {
-      const Tin* base = static_cast<const Tin*>(x == 0 ? p.q : (x == 1 ? p.k : p.v));
-      const int64_t st = x == 0 ? p.q_stride_token : (x == 1 ? p.k_stride_token : p.v_stride_token);
-      const int64_t sh = x == 0 ? p.q_stride_head : (x == 1 ? p.k_stride_head : p.v_stride_head);
+      const auto [base, st, sh] = source(p, x);
       __nv_bfloat16* const d = x == 0 ? dst.q : (x == 1 ? dst.k : dst.v);
 #pragma unroll
       for (int i = 0; i < kChunksPerThread; ++i) {
