@@ -364,8 +364,8 @@ struct PrefillKernel {
   FULGUR_DEVICE FULGUR_FORCEINLINE static void scores(const Smem& s, int w, int lane) {
     constexpr int kNT = Tile::kScoreTiles;
     const int g = lane / 4, t = lane % 4;
-    const int row_base = 16 * (w % 4);
-    const int key_base = (w / 4) * Tile::kKeysPerWarp;
+    const int row_base = 16 * Tile::score_row_block(w);
+    const int key_base = Tile::score_key_group(w) * Tile::kKeysPerWarp;
     float acc[kNT][4];
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt)

@@ -77,6 +77,20 @@ struct PrefillTile {
   static constexpr int kColGroups = kWarps / 4;
   static constexpr int kKeysPerWarp = kBlock / kColGroups;
   static constexpr int kScoreTiles = kKeysPerWarp / 8;  // n8 tiles per warp
+  /// Which 16-row block (0..3) and which key group (0..kColGroups-1) of P warp w computes. The
+  /// causal mask leaves row block r with r + 1 n16 key tiles, so the work is uneven; warps issue
+  /// on sub-partition w % 4, and with 8 warps the plain split (row block w % 4, key group w / 4)
+  /// gives the four sub-partitions 2, 4, 6 and 8 n8 tiles per k-step. The pairing below (row
+  /// block, key group) = (3,0)+(0,0), (3,1)+(2,1), (1,0)+(0,1), (2,0)+(1,1) on sub-partitions
+  /// 0..3 gives 6, 6, 4, 4. With 4 warps there is one per sub-partition and nothing to pair.
+  /// Only the assignment changes: every tile is computed by the same instructions, so the bits
+  /// are those of any other assignment.
+  FULGUR_HOST_DEVICE static constexpr int score_row_block(int w) {
+    return kWarps == 8 ? static_cast<int>((0x10202133u >> (4 * w)) & 0xFu) : w % 4;
+  }
+  FULGUR_HOST_DEVICE static constexpr int score_key_group(int w) {
+    return kWarps == 8 ? static_cast<int>((0xE2u >> w) & 1u) : w / 4;
+  }
   /// Shared memory: `buffers` copies of Q, K, V as `terms` bf16 terms each (1 for bf16 inputs, 2
   /// when the inputs need a hi + lo split to keep their precision; two buffers when the next
   /// block is copied in by cp.async during this one), P as two terms, and the decay tables
@@ -86,6 +100,33 @@ struct PrefillTile {
            2 * (kBlock + 1) * sizeof(float);
   }
 };
+
+namespace detail {
+/// The score assignment covers every (row block, key group) pair exactly once.
+template <int kD>
+constexpr bool score_assignment_is_a_permutation() {
+  using T = PrefillTile<kD>;
+  unsigned seen = 0;
+  for (int w = 0; w < T::kWarps; ++w) seen |= 1u << (T::score_row_block(w) * T::kColGroups + T::score_key_group(w));
+  return seen == (1u << T::kWarps) - 1;
+}
+/// The largest number of unmasked n8 score tiles per k-step on one SM sub-partition (w % 4).
+template <int kD>
+constexpr int score_tiles_per_subpartition_max() {
+  using T = PrefillTile<kD>;
+  int load[4] = {0, 0, 0, 0};
+  for (int w = 0; w < T::kWarps; ++w) {
+    const int visible = 16 * T::score_row_block(w) + 16 - T::score_key_group(w) * T::kKeysPerWarp;
+    load[w % 4] += visible <= 0 ? 0 : (visible / 8 < T::kScoreTiles ? visible / 8 : T::kScoreTiles);
+  }
+  int worst = 0;
+  for (int i = 0; i < 4; ++i) worst = load[i] > worst ? load[i] : worst;
+  return worst;
+}
+static_assert(score_assignment_is_a_permutation<64>() && score_assignment_is_a_permutation<128>(),
+              "every score tile of P has exactly one warp");
+static_assert(score_tiles_per_subpartition_max<128>() == 6, "d = 128: the paired assignment's balance (6, 6, 4, 4)");
+}  // namespace detail
 
 /// Decode: one CTA per (batch row, head, column split). kSplitColumns(d) columns of dv per split
 /// unit; 8 row groups of threads, each with a float4 of 4 columns (docs/design/lightning.md).
