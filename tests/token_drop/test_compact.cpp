@@ -395,3 +395,214 @@ TEST_CASE("token_drop compact kernel: bad input is rejected and writes nothing",
     untouched();
   }
 }
+
+TEST_CASE("token_drop compact: byte_rows_overlap agrees with a byte-by-byte check", "[token_drop][compact]") {
+  // Two row sets in one 1 KiB buffer; the answer is compared with marking every byte. Exact when
+  // the byte strides are equal or a set has one row; otherwise it may refuse sets that share no
+  // byte (their spans meet), but must never accept sets that share one.
+  fulgur_test::Rng rng("token_drop byte_rows_overlap");
+  FULGUR_INFO_SEED(rng);
+  std::vector<unsigned char> buf(1024);
+  int exact_overlap = 0, exact_disjoint = 0, exact_interleaved = 0, conservative = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    const int64_t elem = int64_t{1} << rng.uniform_int(0, 3);
+    struct Set {
+      int64_t offset, rows, width, stride;
+    } s[2];
+    for (Set& x : s) {
+      x.offset = rng.uniform_int(0, 160);
+      x.rows = rng.uniform_int(0, 6);
+      x.width = rng.uniform_int(0, 6);
+      x.stride = x.width + rng.uniform_int(0, 8);
+    }
+    if (rng.uniform_int(0, 1) == 1) {  // equal strides (the common interleaved layout)
+      s[1].stride = s[0].stride;
+      s[1].width = std::min(s[1].width, s[1].stride);
+    }
+    std::vector<int> mark(buf.size(), 0);
+    bool shared = false;
+    td::detail::ByteRows r[2];
+    for (int k = 0; k < 2; ++k) {
+      r[k] = td::detail::strided_bytes(buf.data() + s[k].offset, s[k].rows, s[k].width, s[k].stride, elem);
+      for (int64_t i = 0; i < s[k].rows; ++i)
+        for (int64_t e = 0; e < s[k].width * elem; ++e) {
+          const size_t at = static_cast<size_t>(s[k].offset + i * s[k].stride * elem + e);
+          REQUIRE(at < buf.size());
+          if (k == 0) mark[at] = 1;
+          if (k == 1 && mark[at]) shared = true;
+        }
+    }
+    const bool got = td::detail::byte_rows_overlap(r[0], r[1]);
+    CHECK(got == td::detail::byte_rows_overlap(r[1], r[0]));  // symmetric
+    const bool exact = s[0].stride == s[1].stride || s[0].rows == 1 || s[1].rows == 1 || s[0].rows == 0 ||
+                       s[1].rows == 0 || s[0].width == 0 || s[1].width == 0;
+    INFO("trial " << trial << " elem " << elem << " a " << s[0].offset << "/" << s[0].rows << "/" << s[0].width << "/"
+                  << s[0].stride << " b " << s[1].offset << "/" << s[1].rows << "/" << s[1].width << "/"
+                  << s[1].stride);
+    if (exact) {
+      CHECK(got == shared);
+      const bool spans_meet = td::detail::byte_ranges_overlap(
+          r[0].base, td::detail::row_span_bytes(s[0].rows, s[0].stride, s[0].width, elem), r[1].base,
+          td::detail::row_span_bytes(s[1].rows, s[1].stride, s[1].width, elem));
+      (shared ? exact_overlap : (spans_meet ? exact_interleaved : exact_disjoint))++;
+    } else {
+      CHECK((got || !shared));  // never accepts a shared byte
+      conservative += got && !shared;
+    }
+  }
+  // Every kind of case was drawn: sharing, disjoint, interleaved without sharing (the case a
+  // span check alone refuses), and refusals of the conservative rule.
+  CHECK(exact_overlap > 100);
+  CHECK(exact_disjoint > 100);
+  CHECK(exact_interleaved > 100);
+  CHECK(conservative > 0);
+}
+
+TEST_CASE("token_drop compact kernel: outputs overlapping another output or an input are refused",
+          "[token_drop][compact]") {
+  fulgur_test::Rng rng("token_drop compact overlaps");
+  FULGUR_INFO_SEED(rng);
+  const Batch bt({{100, {{10, 80}}}, {50, {{0, 20}}}});
+  Problem pr(rng, bt, {40, 10}, 1, PositionMode::kKeepOriginal);
+  add_tensors(rng, pr, 32);
+  const int64_t L = bt.rows(), R = pr.out_rows;
+  DeviceBuffer<int64_t> cu = poisoned<int64_t>(3), map = poisoned<int64_t>(static_cast<size_t>(L)),
+                        pos = poisoned<int64_t>(static_cast<size_t>(L));
+  std::vector<RowTensor> extra;
+  for (size_t i = 1; i < pr.tensors.size(); ++i) extra.push_back(pr.tensors[i]->view(true));
+  auto params = [&] {
+    CompactParams p = pr.params(true);
+    p.new_cu_seqlens = cu.data();
+    p.row_map = map.data();
+    p.position_ids_out = pos.data();
+    p.hidden = pr.tensors[0]->view(true);
+    p.extra = extra.data();
+    p.num_extra = static_cast<int>(extra.size());
+    return p;
+  };
+  auto run = [&](const CompactParams& p) {
+    size_t bytes = 0;
+    cudaError_t e = td::compact(nullptr, bytes, p, nullptr);
+    if (e != cudaSuccess) return e;
+    DeviceBuffer<unsigned char> ws(bytes);
+    return td::compact(ws.data(), bytes, p, nullptr);
+  };
+  auto reason = [](const CompactParams& q) {
+    const fulgur::Status s = td::can_implement(q);
+    return s.ok() ? std::string() : std::string(s.reason());
+  };
+  auto untouched = [&] {
+    for (int64_t x : read(cu)) CHECK(x == -1);
+    for (int64_t x : read(map)) CHECK(x == -1);
+    for (int64_t x : read(pos)) CHECK(x == -1);
+    for (auto& t : pr.tensors) {
+      for (unsigned char c : read(t->d_out)) CHECK(c == 0xEE);
+      CHECK(read(t->d_in) == t->in);
+    }
+    CHECK(read(pr.d_kept) == pr.kept);
+    CHECK(read(bt.d_cu_seqlens) == bt.cu_seqlens);
+  };
+  REQUIRE(td::can_implement(params()).ok());
+  std::vector<RowTensor> ex = extra;
+  CompactParams p = params();
+  p.extra = ex.data();
+  SECTION("a tensor's output rows inside another tensor's input") {
+    ex[0].out = pr.tensors[0]->d_in.data() + 64;  // labels written over hidden's input
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(reason(p).find("an output overlaps an input") != std::string::npos);
+  }
+  SECTION("two tensors' outputs in the same bytes") {
+    ex[2].out = pr.tensors[0]->d_out.data() + 2;
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(reason(p).find("two outputs overlap") != std::string::npos);
+  }
+  SECTION("new_cu_seqlens inside row_map") {
+    p.new_cu_seqlens = map.data() + 50;
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(reason(p).find("two outputs overlap") != std::string::npos);
+  }
+  SECTION("new_cu_seqlens written over the layout's cu_seqlens (in place)") {
+    p.new_cu_seqlens = const_cast<int64_t*>(bt.d_cu_seqlens.data());
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(reason(p).find("an output overlaps an input") != std::string::npos);
+  }
+  SECTION("position ids written over kept_index") {
+    p.position_ids_out = const_cast<int64_t*>(pr.d_kept.data()) + 3;
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(reason(p).find("an output overlaps an input") != std::string::npos);
+  }
+  SECTION("position ids written over the original position ids' rows") {
+    p.position_ids_out = const_cast<int64_t*>(pr.d_positions.data()) + 1;
+    CHECK(run(p) == cudaErrorInvalidValue);
+    CHECK(reason(p).find("an output overlaps an input") != std::string::npos);
+  }
+  untouched();
+}
+
+TEST_CASE("token_drop compact kernel: row sets interleaved in one buffer without a shared byte are gathered",
+          "[token_drop][compact]") {
+  // K and V rows of one layer gathered into one [L', 2, W] buffer (two outputs, stride 2W, the
+  // second starting W elements in), and a tensor whose output lives in its own input's row
+  // padding (stride 2W both, output W elements in). No byte is shared, so the launch is accepted
+  // and every row must land intact.
+  fulgur_test::Rng rng("token_drop compact interleaved");
+  FULGUR_INFO_SEED(rng);
+  const Batch bt({{100, {{10, 80}}}, {50, {{0, 20}}}, {30, {}}});
+  Problem pr(rng, bt, {40, 10}, 1, PositionMode::kRenumber);
+  const int64_t L = bt.rows(), R = pr.out_rows, W = 24, e = 2;
+  auto random_bytes = [&](size_t n) {
+    std::vector<unsigned char> v(n);
+    for (auto& b : v) b = static_cast<unsigned char>(rng.uniform_int(0, 255));
+    return v;
+  };
+  const std::vector<unsigned char> k_in = random_bytes(static_cast<size_t>(L * W * e)),
+                                   v_in = random_bytes(static_cast<size_t>(L * W * e));
+  std::vector<unsigned char> padded(static_cast<size_t>(L * 2 * W * e), 0xEE);  // rows of W, then W padding
+  const std::vector<unsigned char> h_in = random_bytes(static_cast<size_t>(L * W * e));
+  for (int64_t r = 0; r < L; ++r) std::memcpy(&padded[r * 2 * W * e], &h_in[r * W * e], W * e);
+  DeviceBuffer<unsigned char> d_k(k_in), d_v(v_in), d_kv(static_cast<size_t>(R * 2 * W * e)), d_h(padded);
+  REQUIRE(d_kv.fill_bytes(0xEE) == cudaSuccess);
+  DeviceBuffer<int64_t> cu = poisoned<int64_t>(4), map = poisoned<int64_t>(static_cast<size_t>(R));
+  RowTensor k, v, h;
+  k.in = d_k.data();
+  k.out = d_kv.data();
+  k.width = W;
+  k.elem_bytes = e;
+  k.in_row_stride = W;
+  k.out_row_stride = 2 * W;
+  v = k;
+  v.in = d_v.data();
+  v.out = d_kv.data() + W * e;
+  h = k;
+  h.in = d_h.data();
+  h.out = d_h.data() + W * e;
+  h.in_row_stride = 2 * W;
+  std::vector<RowTensor> ex = {k, v};
+  CompactParams p = pr.params(true);
+  p.new_cu_seqlens = cu.data();
+  p.row_map = map.data();
+  p.hidden = h;
+  p.extra = ex.data();
+  p.num_extra = 2;
+  REQUIRE(td::can_implement(p).ok());
+  size_t bytes = 0;
+  REQUIRE(td::compact(nullptr, bytes, p, nullptr) == cudaSuccess);
+  DeviceBuffer<unsigned char> ws(bytes);
+  REQUIRE(td::compact(ws.data(), bytes, p, nullptr) == cudaSuccess);
+  // The row map from the reference; every output row is its input row, bit for bit.
+  std::vector<int64_t> want_cu(4, -1), want_map(static_cast<size_t>(R), -1);
+  CompactParams hp = pr.params(false);
+  hp.new_cu_seqlens = want_cu.data();
+  hp.row_map = want_map.data();
+  REQUIRE(ref::token_drop_compact(hp).is_ok());
+  CHECK(read(map) == want_map);
+  const std::vector<unsigned char> kv = read(d_kv), hh = read(d_h);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t src = want_map[static_cast<size_t>(r)];
+    INFO("output row " << r << " from input row " << src);
+    CHECK(std::memcmp(&kv[r * 2 * W * e], &k_in[src * W * e], W * e) == 0);
+    CHECK(std::memcmp(&kv[r * 2 * W * e + W * e], &v_in[src * W * e], W * e) == 0);
+    CHECK(std::memcmp(&hh[r * 2 * W * e + W * e], &h_in[src * W * e], W * e) == 0);
+  }
+  for (int64_t r = 0; r < L; ++r) CHECK(std::memcmp(&hh[r * 2 * W * e], &h_in[r * W * e], W * e) == 0);  // input intact
+}

@@ -166,7 +166,8 @@ struct SelectParams {
 struct RowTensor {
   const void* in = nullptr;    // [L, width] rows, elem_bytes each element; null: tensor skipped
   void* out = nullptr;         // [L', width] output; required when `in` is set; its bytes must
-                               // not overlap the input's (see detail::row_span_bytes)
+                               // not overlap any input's or other output's of the launch
+                               // (see detail::byte_rows_overlap)
   int64_t width = 0;           // elements per row (>= 0)
   int64_t elem_bytes = 0;      // 1, 2, 4 or 8
   int64_t in_row_stride = 0;   // elements between input rows (>= width)
@@ -299,8 +300,71 @@ inline bool byte_ranges_overlap(const void* a, uint64_t na, const void* b, uint6
   return pa <= pb ? static_cast<uint64_t>(pb - pa) < na : static_cast<uint64_t>(pa - pb) < nb;
 }
 
-/// A row tensor of `in_rows` input and `out_rows` output rows. The input's and the output's byte
-/// spans (row_span_bytes) must not overlap: the gather reads one while it writes the other.
+/// Bytes a launch touches in one tensor or array: `rows` rows of `width` bytes, `stride` bytes
+/// from one row's start to the next's (a contiguous array is one row).
+struct ByteRows {
+  const void* base = nullptr;
+  int64_t rows = 0;
+  uint64_t width = 0;
+  uint64_t stride = 0;
+};
+inline uint64_t saturating_mul(uint64_t a, uint64_t b) { return b != 0 && a > UINT64_MAX / b ? UINT64_MAX : a * b; }
+inline ByteRows array_bytes(const void* base, int64_t count, int64_t elem_bytes) {
+  ByteRows r;
+  r.base = base;
+  r.rows = base != nullptr && count > 0 ? 1 : 0;
+  r.width = r.rows ? saturating_mul(static_cast<uint64_t>(count), static_cast<uint64_t>(elem_bytes)) : 0;
+  r.stride = r.width;
+  return r;
+}
+/// Takes checked fields (width >= 0, row_stride >= width, elem_bytes 1 to 8).
+inline ByteRows strided_bytes(const void* base, int64_t rows, int64_t width, int64_t row_stride, int64_t elem_bytes) {
+  ByteRows r;
+  r.base = base;
+  r.rows = base != nullptr && rows > 0 && width > 0 ? rows : 0;
+  r.width = saturating_mul(static_cast<uint64_t>(width), static_cast<uint64_t>(elem_bytes));
+  r.stride = saturating_mul(static_cast<uint64_t>(row_stride), static_cast<uint64_t>(elem_bytes));
+  return r;
+}
+inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
+  const int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/// Whether two ByteRows share a byte. Exact when both have the same stride or either is one row
+/// (rows i of a and j of b meet iff the offset of b's row j from a's row i, delta - (i - j)
+/// stride, lies in (-width_b, width_a): an interval of i - j to intersect with the pairs that
+/// exist). With different strides, whether the spans from first to last byte meet: a row set
+/// interleaved with another of a different stride is refused even where no byte is shared.
+inline bool byte_rows_overlap(ByteRows a, ByteRows b) {
+  const uint64_t na = row_span_bytes(a.rows, static_cast<int64_t>(a.stride), static_cast<int64_t>(a.width), 1);
+  const uint64_t nb = row_span_bytes(b.rows, static_cast<int64_t>(b.stride), static_cast<int64_t>(b.width), 1);
+  if (!byte_ranges_overlap(a.base, na, b.base, nb)) return false;
+  if (a.rows == 1 && b.rows == 1) return true;  // the spans are the bytes
+  if (a.rows == 1) a.stride = b.stride;
+  if (b.rows == 1) b.stride = a.stride;
+  constexpr uint64_t kExactLimit = uint64_t{1} << 61;  // keeps the arithmetic below in int64
+  if (a.stride != b.stride || a.stride == 0 || na >= kExactLimit || nb >= kExactLimit) return true;
+  // The spans overlap, so |delta| < max(na, nb) < 2^61.
+  const int64_t delta = static_cast<int64_t>(reinterpret_cast<uintptr_t>(b.base) - reinterpret_cast<uintptr_t>(a.base));
+  const int64_t S = static_cast<int64_t>(a.stride);
+  const int64_t wa = static_cast<int64_t>(a.width), wb = static_cast<int64_t>(b.width);
+  // k = i - j with delta - k S in (-wb, wa), i in [0, a.rows), j in [0, b.rows).
+  const int64_t k_lo = floor_div(delta - wa, S) + 1, k_hi = floor_div(delta + wb - 1, S);
+  const int64_t lo = k_lo > 1 - b.rows ? k_lo : 1 - b.rows;
+  const int64_t hi = k_hi < a.rows - 1 ? k_hi : a.rows - 1;
+  return lo <= hi;
+}
+
+inline ByteRows row_tensor_in_bytes(const RowTensor& t, int64_t in_rows) {
+  return strided_bytes(t.in, in_rows, t.width, t.in_row_stride, t.elem_bytes);
+}
+inline ByteRows row_tensor_out_bytes(const RowTensor& t, int64_t out_rows) {
+  return strided_bytes(t.out, out_rows, t.width, t.out_row_stride, t.elem_bytes);
+}
+
+/// A row tensor of `in_rows` input and `out_rows` output rows. Its input and output rows must
+/// share no byte (byte_rows_overlap): the gather reads one while it writes the other.
 inline Status validate_row_tensor(const RowTensor& t, int64_t in_rows, int64_t out_rows) {
   if (t.in == nullptr) return Status::success();
   FULGUR_CHECK_ARG(t.out != nullptr, "token_drop: row tensor has an input but no output");
@@ -310,10 +374,8 @@ inline Status validate_row_tensor(const RowTensor& t, int64_t in_rows, int64_t o
                    "token_drop: row tensor elem_bytes must be 1, 2, 4 or 8");
   FULGUR_CHECK_ARG(t.in_row_stride >= t.width && t.out_row_stride >= t.width,
                    "token_drop: row tensor strides must be >= width");
-  FULGUR_CHECK_ARG(!byte_ranges_overlap(t.in, row_span_bytes(in_rows, t.in_row_stride, t.width, t.elem_bytes), t.out,
-                                        row_span_bytes(out_rows, t.out_row_stride, t.width, t.elem_bytes)),
-                   "token_drop: row tensor output rows overlap its input rows (partly: the byte spans "
-                   "from first to last row must be disjoint)");
+  FULGUR_CHECK_ARG(!byte_rows_overlap(row_tensor_in_bytes(t, in_rows), row_tensor_out_bytes(t, out_rows)),
+                   "token_drop: row tensor output rows overlap its input rows");
   return Status::success();
 }
 
@@ -416,6 +478,63 @@ inline Status validate(const SelectParams& p) {
   return Status::success();
 }
 
+namespace detail {
+/// Every tensor and array a compaction writes must share no byte with another it writes or with
+/// one it reads (byte_rows_overlap): the rows are gathered by many blocks at once, so a shared
+/// byte is a race, and its result would depend on the schedule. Reads may overlap each other.
+/// Takes a CompactParams whose other fields validate_arguments has checked.
+inline Status validate_compact_overlaps(const CompactParams& p) {
+  const BatchLayout& l = p.layout;
+  const int64_t P = p.position_rows;
+  const auto tensor = [&](int i) -> const RowTensor& { return i < 0 ? p.hidden : p.extra[i]; };
+  // Outputs: the map arrays, the position ids, each gathered tensor's output rows.
+  constexpr int kArrays = 5;
+  const auto output = [&](int i) -> ByteRows {  // i in [-kArrays, num_extra): arrays, then tensors
+    if (i == -5) return array_bytes(p.new_cu_seqlens, l.batch + 1, 8);
+    if (i == -4) return array_bytes(p.row_map, p.out_rows, 8);
+    if (i == -3) return array_bytes(p.new_span_start, l.num_spans, 8);
+    if (i == -2) return array_bytes(p.new_span_length, l.num_spans, 8);
+    if (i == -1) return strided_bytes(p.position_ids_out, P, p.out_rows, P == 1 ? p.out_rows : p.position_ids_out_stride, 8);
+    const RowTensor& t = tensor(i - 1);
+    return t.in != nullptr ? row_tensor_out_bytes(t, p.out_rows) : ByteRows{};
+  };
+  const int num_outputs = p.num_extra + 1;  // indices -kArrays .. num_outputs - 1
+  // Inputs: the layout, kept_index and cu_kept, the original position ids, each tensor's rows.
+  constexpr int kInputArrays = 7;
+  const auto input = [&](int i) -> ByteRows {
+    if (i == -7) return array_bytes(l.cu_seqlens, l.batch + 1, 8);
+    if (i == -6) return array_bytes(l.cu_spans, l.batch + 1, 8);
+    if (i == -5) return array_bytes(l.span_start, l.num_spans, 8);
+    if (i == -4) return array_bytes(l.span_length, l.num_spans, 8);
+    if (i == -3) return array_bytes(p.kept_index, p.num_kept, 8);
+    if (i == -2) return array_bytes(p.cu_kept, l.num_spans + 1, 8);
+    if (i == -1) {
+      const bool read = p.position_ids_out != nullptr && p.position_mode == PositionMode::kKeepOriginal;
+      return read ? strided_bytes(p.position_ids, P, l.total_rows, P == 1 ? l.total_rows : p.position_ids_stride, 8)
+                  : ByteRows{};
+    }
+    const RowTensor& t = tensor(i - 1);
+    return t.in != nullptr ? row_tensor_in_bytes(t, l.total_rows) : ByteRows{};
+  };
+  const int num_inputs = p.num_extra + 1;
+  for (int i = -kArrays; i < num_outputs; ++i) {
+    const ByteRows o = output(i);
+    if (o.rows == 0) continue;
+    for (int j = i + 1; j < num_outputs; ++j) {
+      FULGUR_CHECK_ARG(!byte_rows_overlap(o, output(j)),
+                       "token_drop compact: two outputs overlap (a gathered tensor's output rows, row_map, "
+                       "new_cu_seqlens, new_span_start/length or position_ids_out share a byte)");
+    }
+    for (int j = -kInputArrays; j < num_inputs; ++j) {
+      FULGUR_CHECK_ARG(!byte_rows_overlap(o, input(j)),
+                       "token_drop compact: an output overlaps an input (an output tensor or array shares a "
+                       "byte with a row tensor, layout array, kept_index, cu_kept or position_ids it reads)");
+    }
+  }
+  return Status::success();
+}
+}  // namespace detail
+
 /// Pointer-free checks of a compaction launch.
 inline Status validate_arguments(const CompactParams& p) {
   FULGUR_RETURN_IF_ERROR(detail::validate_layout_arguments(p.layout));
@@ -453,7 +572,7 @@ inline Status validate_arguments(const CompactParams& p) {
                        "token_drop compact: position_ids_stride must be >= total_rows");
     }
   }
-  return Status::success();
+  return detail::validate_compact_overlaps(p);
 }
 
 /// validate_arguments plus the metadata content (host-readable layout, kept_index, cu_kept).
