@@ -354,6 +354,12 @@ TEST_CASE("gather: bad input returns the documented error and writes nothing", "
       {"f16 weights", [](fm::GatherParams& p) { p.scale_by_weight = true, p.weights_dtype = DType::kF16; },
        cudaErrorInvalidValue},
       {"f64 out", [](fm::GatherParams& p) { p.out_dtype = DType::kF64; }, cudaErrorNotSupported},
+      {"out over hidden", [](fm::GatherParams& p) { p.out = const_cast<void*>(p.hidden); }, cudaErrorInvalidValue},
+      {"out over hidden's second row",
+       [](fm::GatherParams& p) { p.out = static_cast<float*>(const_cast<void*>(p.hidden)) + 16; },
+       cudaErrorInvalidValue},
+      {"out over row_map", [](fm::GatherParams& p) { p.out = const_cast<int32_t*>(p.row_map); },
+       cudaErrorInvalidValue},
   };
   for (const Bad& b : cases) {
     INFO(b.what);
@@ -363,6 +369,15 @@ TEST_CASE("gather: bad input returns the documented error and writes nothing", "
     CHECK(fm::gather(p, nullptr) == b.code);
   }
   for (float v : download(d_out)) CHECK(std::isnan(v));
+  // Rows interleaved in one buffer without a shared byte are accepted: hidden's rows at 0 and 32
+  // floats, out's at 16 and 48 (both strides 32); out shifted by one float shares bytes.
+  fm::GatherParams p = base();
+  p.hidden_row_stride = 32;
+  p.out_row_stride = 32;
+  p.out = d_hidden.data() + 16;
+  CHECK(fm::can_implement(p).ok());
+  p.out = d_hidden.data() + 15;
+  CHECK(fm::can_implement(p).code() == cudaErrorInvalidValue);
 }
 
 // ---- combine --------------------------------------------------------------------------------------
@@ -640,6 +655,19 @@ TEST_CASE("combine: bad input returns the documented error and writes nothing", 
        [](fm::CombineParams& p) { p.residual = p.out, p.residual_dtype = DType::kBF16, p.residual_row_stride = 16; },
        cudaErrorInvalidValue},
       {"f64 y", [](fm::CombineParams& p) { p.expert_out_dtype = DType::kF64; }, cudaErrorNotSupported},
+      {"out over y", [](fm::CombineParams& p) { p.out = const_cast<void*>(p.expert_out); }, cudaErrorInvalidValue},
+      {"out over topk_weights", [](fm::CombineParams& p) { p.topk_weights = p.out; }, cudaErrorInvalidValue},
+      {"out over residual, shifted by one element",
+       [](fm::CombineParams& p) {
+         p.residual = static_cast<float*>(p.out) + 1, p.residual_dtype = DType::kF32, p.residual_row_stride = 16;
+       },
+       cudaErrorInvalidValue},
+      {"out over the residual token scales",
+       [&](fm::CombineParams& p) {
+         p.residual = d_res.data(), p.residual_dtype = DType::kF32, p.residual_row_stride = 16;
+         p.residual_token_scale = static_cast<const float*>(p.out);
+       },
+       cudaErrorInvalidValue},
       {"f64 residual",
        [&](fm::CombineParams& p) {
          p.residual = d_res.data(), p.residual_dtype = DType::kF64, p.residual_row_stride = 16;
@@ -654,6 +682,10 @@ TEST_CASE("combine: bad input returns the documented error and writes nothing", 
     CHECK(fm::combine(p, nullptr) == b.code);
   }
   for (float v : download(d_out)) CHECK(std::isnan(v));
+  // The in-place residual add (out is residual: same pointer, dtype and stride) stays accepted.
+  fm::CombineParams p = base();
+  p.residual = p.out, p.residual_dtype = DType::kF32, p.residual_row_stride = 16;
+  CHECK(fm::can_implement(p).ok());
 }
 
 // ---- the whole MoE layer's data path -------------------------------------------------------------

@@ -32,6 +32,7 @@
 
 #include "fulgur/detail/config.hpp"
 #include "fulgur/detail/dtype.hpp"
+#include "fulgur/detail/overlap.hpp"
 #include "fulgur/detail/status.hpp"
 
 FULGUR_NAMESPACE_BEGIN
@@ -401,6 +402,24 @@ inline Status validate(const GatherParams& p) {
     FULGUR_CHECK_ARG(p.num_tokens == 0 || p.hidden != nullptr, "gather: hidden is null");
     FULGUR_CHECK_ARG(!p.scale_by_weight || p.num_tokens == 0 || p.topk_weights != nullptr,
                      "gather: scale_by_weight is set but topk_weights is null");
+    // out must share no byte with what the launch reads (docs/moe.md, "Overlapping buffers").
+    using ::fulgur::detail::array_bytes;
+    using ::fulgur::detail::strided_bytes;
+    const int64_t tk = p.num_tokens * p.top_k;
+    const int64_t oe = static_cast<int64_t>(dtype_size(p.out_dtype));
+    const int64_t he = static_cast<int64_t>(dtype_size(p.hidden_dtype));
+    const ::fulgur::detail::ByteRows out = strided_bytes(p.out, p.num_rows, p.hidden_size, p.out_row_stride, oe);
+    const ::fulgur::detail::ByteRows reads[4] = {
+        strided_bytes(p.hidden, p.num_tokens, p.hidden_size, p.hidden_row_stride, he),
+        array_bytes(p.row_map, p.num_rows, 4),
+        array_bytes(p.expanded_to_row, tk, 4),
+        array_bytes(p.scale_by_weight ? p.topk_weights : nullptr, tk,
+                    static_cast<int64_t>(dtype_size(p.weights_dtype))),
+    };
+    for (const auto& r : reads) {
+      FULGUR_CHECK_ARG(!::fulgur::detail::byte_rows_overlap(out, r),
+                       "gather: out overlaps an input (hidden, row_map, expanded_to_row or topk_weights)");
+    }
   }
   return Status::success();
 }
@@ -434,6 +453,29 @@ inline Status validate(const CombineParams& p) {
   if (p.num_tokens > 0) {
     FULGUR_CHECK_ARG(p.out != nullptr, "combine: out is null");
     FULGUR_CHECK_ARG(p.expert_out != nullptr || p.num_expert_rows == 0, "combine: expert_out is null");
+    // out must share no byte with what the launch reads, except an exact alias of residual
+    // (checked above: same pointer, dtype and stride; each element is read before it is written
+    // by the same thread).
+    using ::fulgur::detail::array_bytes;
+    using ::fulgur::detail::strided_bytes;
+    const int64_t tk = p.num_tokens * p.top_k;
+    const int64_t oe = static_cast<int64_t>(dtype_size(p.out_dtype));
+    const ::fulgur::detail::ByteRows out = strided_bytes(p.out, p.num_tokens, p.hidden_size, p.out_row_stride, oe);
+    const bool in_place = p.residual != nullptr && p.residual == p.out;
+    const ::fulgur::detail::ByteRows reads[5] = {
+        strided_bytes(p.expert_out, p.num_expert_rows, p.hidden_size, p.expert_out_row_stride,
+                      static_cast<int64_t>(dtype_size(p.expert_out_dtype))),
+        array_bytes(p.expanded_to_row, tk, 4),
+        array_bytes(p.topk_weights, tk, static_cast<int64_t>(dtype_size(p.weights_dtype))),
+        strided_bytes(in_place ? nullptr : p.residual, p.num_tokens, p.hidden_size, p.residual_row_stride,
+                      static_cast<int64_t>(dtype_size(p.residual_dtype))),
+        array_bytes(p.residual_token_scale, p.num_tokens, 4),
+    };
+    for (const auto& r : reads) {
+      FULGUR_CHECK_ARG(!::fulgur::detail::byte_rows_overlap(out, r),
+                       "combine: out overlaps an input (expert_out, expanded_to_row, topk_weights, "
+                       "residual other than an exact alias, or residual_token_scale)");
+    }
   }
   return Status::success();
 }
