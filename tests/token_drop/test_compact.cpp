@@ -177,6 +177,61 @@ void add_tensors(fulgur_test::Rng& rng, Problem& pr, int64_t D) {
   pr.tensors.push_back(std::make_unique<Tensor>(rng, L, R, 4, 0, 0, 0, 0));   // empty rows: skipped
 }
 
+/// The bad-input tests' problem: two sequences with images, every kind of row tensor, poisoned
+/// map outputs.
+struct Rig {
+  Batch bt;
+  Problem pr;
+  DeviceBuffer<int64_t> cu, map, pos;
+  std::vector<RowTensor> extra;
+  Rig(fulgur_test::Rng& rng, PositionMode mode)
+      : bt({{100, {{10, 80}}}, {50, {{0, 20}}}}),
+        pr(rng, bt, {40, 10}, 1, mode),
+        cu(poisoned<int64_t>(3)),
+        map(poisoned<int64_t>(150)),
+        pos(poisoned<int64_t>(150)) {
+    add_tensors(rng, pr, 32);
+    for (size_t i = 1; i < pr.tensors.size(); ++i) extra.push_back(pr.tensors[i]->view(true));
+  }
+  CompactParams params() {
+    CompactParams p = pr.params(true);
+    p.new_cu_seqlens = cu.data();
+    p.row_map = map.data();
+    p.position_ids_out = pos.data();
+    p.hidden = pr.tensors[0]->view(true);
+    p.extra = extra.data();
+    p.num_extra = static_cast<int>(extra.size());
+    return p;
+  }
+  /// Outputs still poisoned, inputs and metadata as uploaded.
+  void untouched() {
+    for (int64_t x : read(cu)) CHECK(x == -1);
+    for (int64_t x : read(map)) CHECK(x == -1);
+    for (int64_t x : read(pos)) CHECK(x == -1);
+    for (auto& t : pr.tensors) {
+      for (unsigned char c : read(t->d_out)) CHECK(c == 0xEE);
+      CHECK(read(t->d_in) == t->in);
+    }
+    CHECK(read(pr.d_kept) == pr.kept);
+    CHECK(read(bt.d_cu_seqlens) == bt.cu_seqlens);
+  }
+};
+
+/// compact() with a fresh workspace: the size query's error, or the launch's.
+cudaError_t run_compact(const CompactParams& p) {
+  size_t bytes = 0;
+  cudaError_t e = td::compact(nullptr, bytes, p, nullptr);
+  if (e != cudaSuccess) return e;
+  DeviceBuffer<unsigned char> ws(bytes);
+  return td::compact(ws.data(), bytes, p, nullptr);
+}
+
+/// can_implement's reason, empty when it accepts.
+std::string refusal(const CompactParams& p) {
+  const fulgur::Status s = td::can_implement(p);
+  return s.ok() ? std::string() : std::string(s.reason());
+}
+
 }  // namespace
 
 TEST_CASE("token_drop compact kernel: equals the reference, every output, every vector width",
@@ -286,36 +341,13 @@ TEST_CASE("token_drop compact kernel: empty batch, no spans", "[token_drop][comp
 TEST_CASE("token_drop compact kernel: bad input is rejected and writes nothing", "[token_drop][compact]") {
   fulgur_test::Rng rng("token_drop compact kernel bad input");
   FULGUR_INFO_SEED(rng);
-  const Batch bt({{100, {{10, 80}}}, {50, {{0, 20}}}});
-  Problem pr(rng, bt, {40, 10}, 1, PositionMode::kRenumber);
-  add_tensors(rng, pr, 32);
-  DeviceBuffer<int64_t> cu = poisoned<int64_t>(3), map = poisoned<int64_t>(100), pos = poisoned<int64_t>(200);
-  std::vector<RowTensor> extra;
-  for (size_t i = 1; i < pr.tensors.size(); ++i) extra.push_back(pr.tensors[i]->view(true));
-  auto params = [&] {
-    CompactParams p = pr.params(true);
-    p.new_cu_seqlens = cu.data();
-    p.row_map = map.data();
-    p.position_ids_out = pos.data();
-    p.hidden = pr.tensors[0]->view(true);
-    p.extra = extra.data();
-    p.num_extra = static_cast<int>(extra.size());
-    return p;
-  };
-  auto run = [&](const CompactParams& p) {
-    size_t bytes = 0;
-    cudaError_t e = td::compact(nullptr, bytes, p, nullptr);
-    if (e != cudaSuccess) return e;
-    DeviceBuffer<unsigned char> ws(bytes);
-    return td::compact(ws.data(), bytes, p, nullptr);
-  };
-  auto untouched = [&] {
-    for (int64_t x : read(cu)) CHECK(x == -1);
-    for (int64_t x : read(map)) CHECK(x == -1);
-    for (int64_t x : read(pos)) CHECK(x == -1);
-    for (auto& t : pr.tensors)
-      for (unsigned char c : read(t->d_out)) CHECK(c == 0xEE);
-  };
+  Rig rig(rng, PositionMode::kRenumber);
+  const Batch& bt = rig.bt;
+  Problem& pr = rig.pr;
+  const std::vector<RowTensor>& extra = rig.extra;
+  auto params = [&] { return rig.params(); };
+  const auto run = run_compact;
+  auto untouched = [&] { rig.untouched(); };
   CompactParams p = params();
   p.position_rows = 2;
   CHECK(run(p) == cudaErrorInvalidValue);
@@ -333,10 +365,6 @@ TEST_CASE("token_drop compact kernel: bad input is rejected and writes nothing",
   untouched();
   // Partial overlap of the input and output rows: the same error as identical pointers, nothing
   // written (the input buffer, which the output would write into, keeps its bytes too).
-  const auto overlap_reason = [](const CompactParams& q) {
-    const fulgur::Status s = td::can_implement(q);
-    return s.ok() ? std::string() : std::string(s.reason());
-  };
   {
     // The hidden state's output starts at input row 1.
     Tensor& h = *pr.tensors[0];
@@ -346,7 +374,7 @@ TEST_CASE("token_drop compact kernel: bad input is rejected and writes nothing",
         const_cast<unsigned char*>(static_cast<const unsigned char*>(shifted.in)) + h.in_stride * h.elem_bytes;
     p.hidden = shifted;
     CHECK(run(p) == cudaErrorInvalidValue);
-    CHECK(overlap_reason(p).find("overlap") != std::string::npos);
+    CHECK(refusal(p).find("overlap") != std::string::npos);
     CHECK(read(h.d_in) == h.in);
     untouched();
   }
@@ -367,7 +395,7 @@ TEST_CASE("token_drop compact kernel: bad input is rejected and writes nothing",
     p = params();
     p.extra = ex.data();
     CHECK(run(p) == cudaErrorInvalidValue);
-    CHECK(overlap_reason(p).find("overlap") != std::string::npos);
+    CHECK(refusal(p).find("overlap") != std::string::npos);
     CHECK(read(buf) == bytes);
     untouched();
     x.in = buf.data() + out_span;  // adjacent, disjoint
@@ -375,7 +403,7 @@ TEST_CASE("token_drop compact kernel: bad input is rejected and writes nothing",
     // The input ends inside the output: the output starts at the input's last element.
     x.in = buf.data();
     x.out = buf.data() + in_span - t.elem_bytes;
-    CHECK(overlap_reason(p).find("overlap") != std::string::npos);
+    CHECK(refusal(p).find("overlap") != std::string::npos);
     x.out = buf.data() + in_span;
     CHECK(td::can_implement(p).ok());
   }
@@ -400,48 +428,17 @@ TEST_CASE("token_drop compact kernel: outputs overlapping another output or an i
           "[token_drop][compact]") {
   fulgur_test::Rng rng("token_drop compact overlaps");
   FULGUR_INFO_SEED(rng);
-  const Batch bt({{100, {{10, 80}}}, {50, {{0, 20}}}});
-  Problem pr(rng, bt, {40, 10}, 1, PositionMode::kKeepOriginal);
-  add_tensors(rng, pr, 32);
-  const int64_t L = bt.rows(), R = pr.out_rows;
-  DeviceBuffer<int64_t> cu = poisoned<int64_t>(3), map = poisoned<int64_t>(static_cast<size_t>(L)),
-                        pos = poisoned<int64_t>(static_cast<size_t>(L));
-  std::vector<RowTensor> extra;
-  for (size_t i = 1; i < pr.tensors.size(); ++i) extra.push_back(pr.tensors[i]->view(true));
-  auto params = [&] {
-    CompactParams p = pr.params(true);
-    p.new_cu_seqlens = cu.data();
-    p.row_map = map.data();
-    p.position_ids_out = pos.data();
-    p.hidden = pr.tensors[0]->view(true);
-    p.extra = extra.data();
-    p.num_extra = static_cast<int>(extra.size());
-    return p;
-  };
-  auto run = [&](const CompactParams& p) {
-    size_t bytes = 0;
-    cudaError_t e = td::compact(nullptr, bytes, p, nullptr);
-    if (e != cudaSuccess) return e;
-    DeviceBuffer<unsigned char> ws(bytes);
-    return td::compact(ws.data(), bytes, p, nullptr);
-  };
-  auto reason = [](const CompactParams& q) {
-    const fulgur::Status s = td::can_implement(q);
-    return s.ok() ? std::string() : std::string(s.reason());
-  };
-  auto untouched = [&] {
-    for (int64_t x : read(cu)) CHECK(x == -1);
-    for (int64_t x : read(map)) CHECK(x == -1);
-    for (int64_t x : read(pos)) CHECK(x == -1);
-    for (auto& t : pr.tensors) {
-      for (unsigned char c : read(t->d_out)) CHECK(c == 0xEE);
-      CHECK(read(t->d_in) == t->in);
-    }
-    CHECK(read(pr.d_kept) == pr.kept);
-    CHECK(read(bt.d_cu_seqlens) == bt.cu_seqlens);
-  };
+  Rig rig(rng, PositionMode::kKeepOriginal);
+  const Batch& bt = rig.bt;
+  Problem& pr = rig.pr;
+  DeviceBuffer<int64_t>& cu = rig.cu;
+  DeviceBuffer<int64_t>& map = rig.map;
+  auto params = [&] { return rig.params(); };
+  const auto run = run_compact;
+  const auto reason = refusal;
+  auto untouched = [&] { rig.untouched(); };
   REQUIRE(td::can_implement(params()).ok());
-  std::vector<RowTensor> ex = extra;
+  std::vector<RowTensor> ex = rig.extra;
   CompactParams p = params();
   p.extra = ex.data();
   SECTION("a tensor's output rows inside another tensor's input") {
