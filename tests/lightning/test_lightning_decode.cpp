@@ -270,6 +270,16 @@ TEST_CASE("lightning decode: bad inputs write nothing", "[lightning]") {
         {"dk != dv", cudaErrorNotSupported, [](lt::DecodeParams& p) { p.dv = 128; }},
         {"f64 inputs", cudaErrorNotSupported, [](lt::DecodeParams& p) { p.qkv_dtype = DType::kF64; }},
         {"non-finite scale", cudaErrorInvalidValue, [](lt::DecodeParams& p) { p.scale = NAN; }},
+        // What the launch writes must share no byte with what it reads or with another output
+        // (with column splits, one block writes o while another still reads q).
+        {"o over q", cudaErrorInvalidValue, [](lt::DecodeParams& p) { p.o = const_cast<void*>(p.q); }},
+        {"o over k's last head", cudaErrorInvalidValue,
+         [](lt::DecodeParams& p) {
+           p.o = const_cast<__nv_bfloat16*>(static_cast<const __nv_bfloat16*>(p.k) + p.k_stride_head);
+         }},
+        {"o over the state pool", cudaErrorInvalidValue, [](lt::DecodeParams& p) { p.o = p.state; }},
+        {"state pool over the slot ids", cudaErrorInvalidValue,
+         [](lt::DecodeParams& p) { p.slot_ids = reinterpret_cast<const int32_t*>(p.state) + 2; }},
     };
     for (const Bad& b : bad) {
       INFO(b.what);

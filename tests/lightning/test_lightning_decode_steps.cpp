@@ -245,6 +245,9 @@ TEST_CASE("lightning decode steps: bad inputs write nothing", "[lightning]") {
        [&](lt::DecodeParams& p) { p.step_state_stride = int64_t{sc.H} * sc.d * sc.d - 4; }},
       {"step_state_stride not a multiple of 4", cudaErrorInvalidValue,
        [&](lt::DecodeParams& p) { p.step_state_stride = int64_t{sc.H} * sc.d * sc.d + 2; }},
+      {"step_states over the state pool", cudaErrorInvalidValue, [](lt::DecodeParams& p) { p.step_states = p.state; }},
+      {"step_states over o", cudaErrorInvalidValue,
+       [](lt::DecodeParams& p) { p.step_states = static_cast<float*>(p.o); }},
   };
   for (const Bad& b : bad) {
     INFO(b.what);

@@ -156,6 +156,19 @@ TEST_CASE("lightning prefill: bad host arguments return the documented error and
       {"dk != dv", cudaErrorNotSupported, [](lt::PrefillParams& p) { p.dk = 128; }},
       {"f64 inputs", cudaErrorNotSupported, [](lt::PrefillParams& p) { p.qkv_dtype = DType::kF64; }},
       {"f64 output", cudaErrorNotSupported, [](lt::PrefillParams& p) { p.o_dtype = DType::kF64; }},
+      // What the launch writes must share no byte with what it reads or with another output.
+      {"o over q", cudaErrorInvalidValue, [](lt::PrefillParams& p) { p.o = const_cast<void*>(p.q); }},
+      {"o over v's second token", cudaErrorInvalidValue,
+       [](lt::PrefillParams& p) {
+         p.o = const_cast<__nv_bfloat16*>(static_cast<const __nv_bfloat16*>(p.v) + p.v_stride_token);
+       }},
+      {"o over the state pool", cudaErrorInvalidValue, [](lt::PrefillParams& p) { p.o = p.state; }},
+      {"checkpoints over the state pool", cudaErrorInvalidValue,
+       [](lt::PrefillParams& p) { p.checkpoints = p.state + 4; }},
+      {"state pool over the slopes", cudaErrorInvalidValue,
+       [](lt::PrefillParams& p) { p.slopes = p.state + 1; }},
+      {"state pool over cu_seqlens", cudaErrorInvalidValue,
+       [](lt::PrefillParams& p) { p.cu_seqlens = reinterpret_cast<const int32_t*>(p.state); }},
   };
   for (const Bad& b : bad) {
     INFO(b.what);

@@ -16,7 +16,8 @@
 //   [T, H, d] tensor and MiniMax's fused head-major projection [T, H, 3, d] are read in place:
 //   for the fused one, q = base, k = base + d, v = base + 2d, stride_token = 3*H*d,
 //   stride_head = 3*d.
-// - o must not overlap q, k, v, the state pool or the checkpoints.
+// - What a launch writes (o, the state pool, checkpoints / step_states) must share no byte with
+//   anything else it writes or reads; validate() checks it on the addresses (docs/lightning.md).
 // - A pointer documented "required" may still be null when the tensor it names has no elements
 //   (num_tokens == 0 or batch_size == 0): PyTorch hands out null data pointers for empty tensors.
 #pragma once
@@ -26,6 +27,7 @@
 
 #include "fulgur/detail/config.hpp"
 #include "fulgur/detail/dtype.hpp"
+#include "fulgur/detail/overlap.hpp"
 #include "fulgur/detail/status.hpp"
 
 FULGUR_NAMESPACE_BEGIN
@@ -184,6 +186,41 @@ inline bool valid_dtype(DType t) {
   return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64;
 }
 inline bool valid_layout(StateLayout l) { return l == StateLayout::kKV || l == StateLayout::kVK; }
+
+using ::fulgur::detail::array_bytes;
+using ::fulgur::detail::ByteRows;
+using ::fulgur::detail::strided_bytes;
+
+/// The bytes of a [tokens, heads, d] tensor with free token and head strides, as rows along the
+/// larger stride, each covering the other dimension from its first to its last element.
+inline ByteRows token_head_bytes(const void* base, int64_t tokens, int64_t heads, int64_t d, int64_t stride_token,
+                                 int64_t stride_head, DType t) {
+  const int64_t e = static_cast<int64_t>(dtype_size(t));
+  if (tokens <= 0 || heads <= 0 || d <= 0) return ByteRows{};
+  // (n - 1) * stride + d, saturating (strides are only checked to be positive).
+  const auto extent = [d](int64_t n, int64_t stride) {
+    return n - 1 > (INT64_MAX - d) / stride ? INT64_MAX : (n - 1) * stride + d;
+  };
+  return stride_token >= stride_head ? strided_bytes(base, tokens, extent(heads, stride_head), stride_token, e)
+                                     : strided_bytes(base, heads, extent(tokens, stride_token), stride_head, e);
+}
+/// The slot pool: num_slots rows of H * dk * dv floats.
+inline ByteRows pool_bytes(const float* state, int64_t slots, int64_t H, int64_t dk, int64_t dv, int64_t stride) {
+  const int64_t n = H * dk * dv;
+  return strided_bytes(state, slots, n, stride == 0 ? n : stride, 4);
+}
+/// No output shares a byte with another output or with an input (what a launch writes, it must
+/// own: another block may be reading the input or writing the other output at the same time).
+template <size_t kOut, size_t kIn>
+inline bool outputs_disjoint(const ByteRows (&out)[kOut], const ByteRows (&in)[kIn]) {
+  for (size_t i = 0; i < kOut; ++i) {
+    for (size_t j = i + 1; j < kOut; ++j)
+      if (::fulgur::detail::byte_rows_overlap(out[i], out[j])) return false;
+    for (size_t j = 0; j < kIn; ++j)
+      if (::fulgur::detail::byte_rows_overlap(out[i], in[j])) return false;
+  }
+  return true;
+}
 }  // namespace params_detail
 
 /// Host check of the scalar fields and pointers; dereferences nothing, so launchers call it on
@@ -232,6 +269,33 @@ inline Status validate(const PrefillParams& p) {
                      "lightning prefill: checkpoint_interval/offsets given but checkpoints is "
                      "null");
   }
+  return Status::success();
+}
+
+/// What the launch writes (o, the state pool, the checkpoints) shares no byte with anything else it
+/// writes or with what it reads. Addresses only (works on device pointers). The extents come from
+/// the shapes, so can_implement() runs it after the shape, dtype and head-dim checks.
+inline Status validate_buffers(const PrefillParams& p) {
+  using namespace params_detail;
+  const int64_t T = p.num_tokens, H = p.num_heads, B = p.batch_size;
+  const ByteRows out[3] = {
+      token_head_bytes(p.o, T, H, p.dv, p.o_stride_token, p.o_stride_head, p.o_dtype),
+      pool_bytes(p.state, p.num_slots, H, p.dk, p.dv, p.state_stride_slot),
+      pool_bytes(p.checkpoints, p.num_checkpoint_rows, H, p.dk, p.dv, 0),
+  };
+  const ByteRows in[8] = {
+      token_head_bytes(p.q, T, H, p.dk, p.q_stride_token, p.q_stride_head, p.qkv_dtype),
+      token_head_bytes(p.k, T, H, p.dk, p.k_stride_token, p.k_stride_head, p.qkv_dtype),
+      token_head_bytes(p.v, T, H, p.dv, p.v_stride_token, p.v_stride_head, p.qkv_dtype),
+      array_bytes(p.slopes, H, 4),
+      array_bytes(p.cu_seqlens, B + 1, 4),
+      array_bytes(p.slot_ids, B, 4),
+      array_bytes(p.has_initial_state, B, 1),
+      array_bytes(p.checkpoint_offsets, B + 1, 4),
+  };
+  FULGUR_CHECK_ARG(outputs_disjoint(out, in),
+                   "lightning prefill: o, the state pool and the checkpoints must share no byte with each other "
+                   "or with q, k, v, slopes, cu_seqlens, slot_ids, has_initial_state or checkpoint_offsets");
   return Status::success();
 }
 
@@ -315,6 +379,28 @@ inline Status validate(const DecodeParams& p) {
                    "lightning decode: batch_size * num_steps must fit int32");
   FULGUR_CHECK_ARG(p.step_state_stride == 0 || p.step_state_stride >= int64_t{p.num_heads} * p.dk * p.dv,
                    "lightning decode: step_state_stride must be 0 (dense) or >= H*dk*dv");
+  return Status::success();
+}
+
+/// The same for decode: o, the state pool and step_states against each other and the inputs.
+inline Status validate_buffers(const DecodeParams& p) {
+  using namespace params_detail;
+  const int64_t T = int64_t{p.batch_size} * p.num_steps, H = p.num_heads, B = p.batch_size;
+  const ByteRows out[3] = {
+      token_head_bytes(p.o, T, H, p.dv, p.o_stride_token, p.o_stride_head, p.o_dtype),
+      pool_bytes(p.state, p.num_slots, H, p.dk, p.dv, p.state_stride_slot),
+      pool_bytes(p.step_states, T, H, p.dk, p.dv, p.step_state_stride),
+  };
+  const ByteRows in[5] = {
+      token_head_bytes(p.q, T, H, p.dk, p.q_stride_token, p.q_stride_head, p.qkv_dtype),
+      token_head_bytes(p.k, T, H, p.dk, p.k_stride_token, p.k_stride_head, p.qkv_dtype),
+      token_head_bytes(p.v, T, H, p.dv, p.v_stride_token, p.v_stride_head, p.qkv_dtype),
+      array_bytes(p.slopes, H, 4),
+      array_bytes(p.slot_ids, B, 4),
+  };
+  FULGUR_CHECK_ARG(outputs_disjoint(out, in),
+                   "lightning decode: o, the state pool and step_states must share no byte with each other or "
+                   "with q, k, v, slopes or slot_ids");
   return Status::success();
 }
 

@@ -283,7 +283,7 @@ inline Status can_implement(const PrefillParams& p) {
                    "lightning prefill: checkpoints must be 16-byte aligned");
   FULGUR_CHECK_ARG(p.checkpoints == nullptr || p.checkpoint_interval % PrefillTile<64>::kBlock == 0,
                    "lightning prefill: checkpoint_interval must be a multiple of the kernel block (64 tokens)");
-  return Status::success();
+  return validate_buffers(p);
 }
 
 /// Pure host check for decode, as for prefill.
@@ -315,7 +315,7 @@ inline Status can_implement(const DecodeParams& p) {
   FULGUR_CHECK_ARG(p.step_states == nullptr || detail::aligned(p.step_states, 16),
                    "lightning decode: step_states must be 16-byte aligned");
   FULGUR_CHECK_ARG(p.step_state_stride % 4 == 0, "lightning decode: step_state_stride must be a multiple of 4");
-  return Status::success();
+  return validate_buffers(p);
 }
 
 }  // namespace lightning
