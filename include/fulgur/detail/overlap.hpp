@@ -5,6 +5,7 @@
 // pointers without reading them.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "fulgur/detail/config.hpp"
@@ -85,6 +86,19 @@ inline bool byte_rows_overlap(ByteRows a, ByteRows b) {
   const int64_t lo = k_lo > 1 - b.rows ? k_lo : 1 - b.rows;
   const int64_t hi = k_hi < a.rows - 1 ? k_hi : a.rows - 1;
   return lo <= hi;
+}
+
+/// No output shares a byte with another output or with an input: what a launch writes it must
+/// own, since other blocks may read the input or write the other output at the same time.
+template <size_t kOut, size_t kIn>
+inline bool outputs_disjoint(const ByteRows (&out)[kOut], const ByteRows (&in)[kIn]) {
+  for (size_t i = 0; i < kOut; ++i) {
+    for (size_t j = i + 1; j < kOut; ++j)
+      if (byte_rows_overlap(out[i], out[j])) return false;
+    for (size_t j = 0; j < kIn; ++j)
+      if (byte_rows_overlap(out[i], in[j])) return false;
+  }
+  return true;
 }
 
 }  // namespace detail

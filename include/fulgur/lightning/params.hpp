@@ -189,6 +189,7 @@ inline bool valid_layout(StateLayout l) { return l == StateLayout::kKV || l == S
 
 using ::fulgur::detail::array_bytes;
 using ::fulgur::detail::ByteRows;
+using ::fulgur::detail::outputs_disjoint;
 using ::fulgur::detail::strided_bytes;
 
 /// The bytes of a [tokens, heads, d] tensor with free token and head strides, as rows along the
@@ -208,18 +209,6 @@ inline ByteRows token_head_bytes(const void* base, int64_t tokens, int64_t heads
 inline ByteRows pool_bytes(const float* state, int64_t slots, int64_t H, int64_t dk, int64_t dv, int64_t stride) {
   const int64_t n = H * dk * dv;
   return strided_bytes(state, slots, n, stride == 0 ? n : stride, 4);
-}
-/// No output shares a byte with another output or with an input (what a launch writes, it must
-/// own: another block may be reading the input or writing the other output at the same time).
-template <size_t kOut, size_t kIn>
-inline bool outputs_disjoint(const ByteRows (&out)[kOut], const ByteRows (&in)[kIn]) {
-  for (size_t i = 0; i < kOut; ++i) {
-    for (size_t j = i + 1; j < kOut; ++j)
-      if (::fulgur::detail::byte_rows_overlap(out[i], out[j])) return false;
-    for (size_t j = 0; j < kIn; ++j)
-      if (::fulgur::detail::byte_rows_overlap(out[i], in[j])) return false;
-  }
-  return true;
 }
 }  // namespace params_detail
 

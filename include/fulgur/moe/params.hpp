@@ -406,20 +406,18 @@ inline Status validate(const GatherParams& p) {
     using ::fulgur::detail::array_bytes;
     using ::fulgur::detail::strided_bytes;
     const int64_t tk = p.num_tokens * p.top_k;
-    const int64_t oe = static_cast<int64_t>(dtype_size(p.out_dtype));
-    const int64_t he = static_cast<int64_t>(dtype_size(p.hidden_dtype));
-    const ::fulgur::detail::ByteRows out = strided_bytes(p.out, p.num_rows, p.hidden_size, p.out_row_stride, oe);
+    const ::fulgur::detail::ByteRows out[1] = {strided_bytes(p.out, p.num_rows, p.hidden_size, p.out_row_stride,
+                                                             static_cast<int64_t>(dtype_size(p.out_dtype)))};
     const ::fulgur::detail::ByteRows reads[4] = {
-        strided_bytes(p.hidden, p.num_tokens, p.hidden_size, p.hidden_row_stride, he),
+        strided_bytes(p.hidden, p.num_tokens, p.hidden_size, p.hidden_row_stride,
+                      static_cast<int64_t>(dtype_size(p.hidden_dtype))),
         array_bytes(p.row_map, p.num_rows, 4),
         array_bytes(p.expanded_to_row, tk, 4),
         array_bytes(p.scale_by_weight ? p.topk_weights : nullptr, tk,
                     static_cast<int64_t>(dtype_size(p.weights_dtype))),
     };
-    for (const auto& r : reads) {
-      FULGUR_CHECK_ARG(!::fulgur::detail::byte_rows_overlap(out, r),
-                       "gather: out overlaps an input (hidden, row_map, expanded_to_row or topk_weights)");
-    }
+    FULGUR_CHECK_ARG(::fulgur::detail::outputs_disjoint(out, reads),
+                     "gather: out overlaps an input (hidden, row_map, expanded_to_row or topk_weights)");
   }
   return Status::success();
 }
@@ -459,8 +457,8 @@ inline Status validate(const CombineParams& p) {
     using ::fulgur::detail::array_bytes;
     using ::fulgur::detail::strided_bytes;
     const int64_t tk = p.num_tokens * p.top_k;
-    const int64_t oe = static_cast<int64_t>(dtype_size(p.out_dtype));
-    const ::fulgur::detail::ByteRows out = strided_bytes(p.out, p.num_tokens, p.hidden_size, p.out_row_stride, oe);
+    const ::fulgur::detail::ByteRows out[1] = {strided_bytes(p.out, p.num_tokens, p.hidden_size, p.out_row_stride,
+                                                             static_cast<int64_t>(dtype_size(p.out_dtype)))};
     const bool in_place = p.residual != nullptr && p.residual == p.out;
     const ::fulgur::detail::ByteRows reads[5] = {
         strided_bytes(p.expert_out, p.num_expert_rows, p.hidden_size, p.expert_out_row_stride,
@@ -471,11 +469,9 @@ inline Status validate(const CombineParams& p) {
                       static_cast<int64_t>(dtype_size(p.residual_dtype))),
         array_bytes(p.residual_token_scale, p.num_tokens, 4),
     };
-    for (const auto& r : reads) {
-      FULGUR_CHECK_ARG(!::fulgur::detail::byte_rows_overlap(out, r),
-                       "combine: out overlaps an input (expert_out, expanded_to_row, topk_weights, "
-                       "residual other than an exact alias, or residual_token_scale)");
-    }
+    FULGUR_CHECK_ARG(::fulgur::detail::outputs_disjoint(out, reads),
+                     "combine: out overlaps an input (expert_out, expanded_to_row, topk_weights, "
+                     "residual other than an exact alias, or residual_token_scale)");
   }
   return Status::success();
 }

@@ -417,46 +417,49 @@ namespace detail {
 inline Status validate_compact_overlaps(const CompactParams& p) {
   const BatchLayout& l = p.layout;
   const int64_t P = p.position_rows;
-  const auto tensor = [&](int i) -> const RowTensor& { return i < 0 ? p.hidden : p.extra[i]; };
-  // Outputs: the map arrays, the position ids, each gathered tensor's output rows.
-  constexpr int kArrays = 5;
-  const auto output = [&](int i) -> ByteRows {  // i in [-kArrays, num_extra): arrays, then tensors
-    if (i == -5) return array_bytes(p.new_cu_seqlens, l.batch + 1, 8);
-    if (i == -4) return array_bytes(p.row_map, p.out_rows, 8);
-    if (i == -3) return array_bytes(p.new_span_start, l.num_spans, 8);
-    if (i == -2) return array_bytes(p.new_span_length, l.num_spans, 8);
-    if (i == -1) return strided_bytes(p.position_ids_out, P, p.out_rows, P == 1 ? p.out_rows : p.position_ids_out_stride, 8);
-    const RowTensor& t = tensor(i - 1);
+  // Written: the map arrays and position ids, then each gathered tensor's output rows.
+  const ByteRows written[] = {
+      array_bytes(p.new_cu_seqlens, l.batch + 1, 8),
+      array_bytes(p.row_map, p.out_rows, 8),
+      array_bytes(p.new_span_start, l.num_spans, 8),
+      array_bytes(p.new_span_length, l.num_spans, 8),
+      strided_bytes(p.position_ids_out, P, p.out_rows, P == 1 ? p.out_rows : p.position_ids_out_stride, 8),
+  };
+  // Read: the layout, kept_index and cu_kept, the original position ids, then each tensor's rows.
+  const bool reads_positions = p.position_ids_out != nullptr && p.position_mode == PositionMode::kKeepOriginal;
+  const ByteRows read[] = {
+      array_bytes(l.cu_seqlens, l.batch + 1, 8),
+      array_bytes(l.cu_spans, l.batch + 1, 8),
+      array_bytes(l.span_start, l.num_spans, 8),
+      array_bytes(l.span_length, l.num_spans, 8),
+      array_bytes(p.kept_index, p.num_kept, 8),
+      array_bytes(p.cu_kept, l.num_spans + 1, 8),
+      reads_positions
+          ? strided_bytes(p.position_ids, P, l.total_rows, P == 1 ? l.total_rows : p.position_ids_stride, 8)
+          : ByteRows{},
+  };
+  constexpr int kWritten = sizeof(written) / sizeof(written[0]), kRead = sizeof(read) / sizeof(read[0]);
+  const auto tensor = [&](int i) -> const RowTensor& { return i == 0 ? p.hidden : p.extra[i - 1]; };
+  const int tensors = p.num_extra + 1;  // hidden, then extra
+  const auto output = [&](int i) {
+    if (i < kWritten) return written[i];
+    const RowTensor& t = tensor(i - kWritten);
     return t.in != nullptr ? row_tensor_out_bytes(t, p.out_rows) : ByteRows{};
   };
-  const int num_outputs = p.num_extra + 1;  // indices -kArrays .. num_outputs - 1
-  // Inputs: the layout, kept_index and cu_kept, the original position ids, each tensor's rows.
-  constexpr int kInputArrays = 7;
-  const auto input = [&](int i) -> ByteRows {
-    if (i == -7) return array_bytes(l.cu_seqlens, l.batch + 1, 8);
-    if (i == -6) return array_bytes(l.cu_spans, l.batch + 1, 8);
-    if (i == -5) return array_bytes(l.span_start, l.num_spans, 8);
-    if (i == -4) return array_bytes(l.span_length, l.num_spans, 8);
-    if (i == -3) return array_bytes(p.kept_index, p.num_kept, 8);
-    if (i == -2) return array_bytes(p.cu_kept, l.num_spans + 1, 8);
-    if (i == -1) {
-      const bool read = p.position_ids_out != nullptr && p.position_mode == PositionMode::kKeepOriginal;
-      return read ? strided_bytes(p.position_ids, P, l.total_rows, P == 1 ? l.total_rows : p.position_ids_stride, 8)
-                  : ByteRows{};
-    }
-    const RowTensor& t = tensor(i - 1);
+  const auto input = [&](int i) {
+    if (i < kRead) return read[i];
+    const RowTensor& t = tensor(i - kRead);
     return t.in != nullptr ? row_tensor_in_bytes(t, l.total_rows) : ByteRows{};
   };
-  const int num_inputs = p.num_extra + 1;
-  for (int i = -kArrays; i < num_outputs; ++i) {
+  for (int i = 0; i < kWritten + tensors; ++i) {
     const ByteRows o = output(i);
     if (o.rows == 0) continue;
-    for (int j = i + 1; j < num_outputs; ++j) {
+    for (int j = i + 1; j < kWritten + tensors; ++j) {
       FULGUR_CHECK_ARG(!byte_rows_overlap(o, output(j)),
                        "token_drop compact: two outputs overlap (a gathered tensor's output rows, row_map, "
                        "new_cu_seqlens, new_span_start/length or position_ids_out share a byte)");
     }
-    for (int j = -kInputArrays; j < num_inputs; ++j) {
+    for (int j = 0; j < kRead + tensors; ++j) {
       FULGUR_CHECK_ARG(!byte_rows_overlap(o, input(j)),
                        "token_drop compact: an output overlaps an input (an output tensor or array shares a "
                        "byte with a row tensor, layout array, kept_index, cu_kept or position_ids it reads)");
